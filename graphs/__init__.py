@@ -1,0 +1,1 @@
+"""mudelta.graphs: the architecture IR."""

@@ -1,0 +1,1 @@
+"""mudelta.kernels"""
