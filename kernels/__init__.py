@@ -1,1 +1,98 @@
-"""mudelta.kernels"""
+"""mudelta.kernels: gated delta rule (GatedDeltaNet) ops.
+
+Drop-in replacements for flash-linear-attention's ``chunk_gated_delta_rule`` and
+``fused_recurrent_gated_delta_rule``: Triton kernels on CUDA tensors, a chunked pure-PyTorch path on
+anything else, and ``naive_recurrent_gated_delta_rule`` (token-by-token, any dtype) as the reference.
+
+Semantics per head (state S in R^{K x V}, float32): S <- exp(g_t) S; S <- S + k_t (beta_t (v_t - S^T k_t))^T;
+o_t = scale S^T q_t, scale = K^-0.5 by default. q, k [B, T, H, K]; v [B, T, H, V]; g (log decay, <= 0) and
+beta [B, T, H]; initial/final state [N, H, K, V] with N = B, or the number of sequences of ``cu_seqlens``
+(packed sequences, B == 1). g > 0 is accepted, but the chunked paths exponentiate in-chunk sums of g and can
+overflow for large positive g.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import (
+    check_inputs,
+    chunk_gated_delta_rule_torch,
+    l2norm,
+    naive_recurrent_gated_delta_rule,
+)
+
+__all__ = [
+    "chunk_gated_delta_rule",
+    "fused_recurrent_gated_delta_rule",
+    "naive_recurrent_gated_delta_rule",
+    "chunk_gated_delta_rule_torch",
+]
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+):
+    """Chunked gated delta rule with autograd for q, k, v, g, beta and initial_state.
+
+    Returns (o [B, T, H, V] in v's dtype, final state [N, H, K, V] float32 or None).
+    """
+    B, T, H, K, V, N = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
+    scale = K**-0.5 if scale is None else float(scale)
+    if not _use_triton(q):
+        return chunk_gated_delta_rule_torch(
+            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel
+        )
+    from .triton_gdn import chunk_gated_delta_rule_triton
+
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    return chunk_gated_delta_rule_triton(
+        q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens
+    )
+
+
+def fused_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+):
+    """Token-by-token gated delta rule for decoding (a few tokens per sequence, carried state).
+
+    The Triton decode kernel is forward-only; when any input needs a gradient the call goes through the
+    chunked path, which computes the same function with autograd.
+    """
+    B, T, H, K, V, N = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
+    scale = K**-0.5 if scale is None else float(scale)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)
+    )
+    if not _use_triton(q) or needs_grad:
+        return chunk_gated_delta_rule(
+            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel
+        )
+    from .triton_gdn import fused_recurrent_triton
+
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    return fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)

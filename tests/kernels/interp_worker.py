@@ -1,0 +1,127 @@
+"""Runs the Triton kernels under TRITON_INTERPRET=1 on CPU tensors and prints error ratios as JSON.
+
+Started as a subprocess by test_triton_interpret.py with TRITON_INTERPRET=1 in its environment: Triton
+chooses interpreter or compiler when @triton.jit decorates a function, its own standard library (tl.cumsum,
+...) included, so the variable must be set before triton is first imported. A separate process keeps that
+away from every other test module in the pytest process.
+
+Usage: python interp_worker.py CASE [CASE ...]   (no CASE: all of them)
+"""
+
+import json
+import sys
+
+# name -> (B, T, H, K, V, dtype, regime, extra)
+CASES = {
+    "bf16_normal": (2, 80, 2, 32, 32, "bfloat16", "normal", {}),
+    "bf16_no_decay": (2, 80, 2, 32, 32, "bfloat16", "no_decay", {}),
+    "bf16_strong_decay": (2, 80, 2, 32, 32, "bfloat16", "strong_decay", {}),
+    "bf16_beta0": (2, 80, 2, 32, 32, "bfloat16", "beta0", {}),
+    "bf16_beta1": (2, 80, 2, 32, 32, "bfloat16", "beta1", {}),
+    "bf16_short_T": (3, 5, 2, 32, 32, "bfloat16", "normal", {}),
+    "bf16_varlen": (1, 135, 2, 32, 32, "bfloat16", "normal", {"cu": [0, 1, 2, 66, 67, 130, 135]}),
+    "bf16_odd_dims_l2norm": (2, 70, 2, 24, 40, "bfloat16", "normal", {"l2norm": True, "scale": 0.3}),
+    "bf16_no_h0": (1, 64, 2, 32, 32, "bfloat16", "normal", {"h0": False}),
+    "fp16_normal": (2, 80, 2, 32, 32, "float16", "normal", {}),
+    "fp32_normal": (2, 80, 2, 32, 32, "float32", "normal", {}),
+    "fp32_varlen": (1, 100, 2, 32, 32, "float32", "strong_decay", {"cu": [0, 1, 65, 66, 100]}),
+    "decode_bf16": (4, 1, 2, 32, 32, "bfloat16", "normal", {"decode": True}),
+    "decode_fp32_T3": (3, 3, 2, 32, 48, "float32", "normal", {"decode": True}),
+    "decode_varlen": (1, 7, 2, 32, 32, "float32", "normal", {"decode": True, "cu": [0, 1, 2, 5, 7]}),
+}
+
+
+def _patch_bf16_dot():
+    """Triton 3.9's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (numpy has no
+    bfloat16). Widen them to float32 first (exact), as the tensor cores do before accumulating in float32."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    orig = ti.InterpreterBuilder.create_dot
+
+    def widen(h):
+        if h.dtype.scalar == tl.bfloat16:
+            return ti.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return h
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return orig(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    ti.InterpreterBuilder.create_dot = create_dot
+
+
+def run_case(name):
+    import torch
+    from mudelta.kernels import triton_gdn
+    from mudelta.kernels.reference import l2norm as _l2
+    from mudelta.kernels.testing import compare, make_inputs
+
+    B, T, H, K, V, dtype, regime, extra = CASES[name]
+    dtype = getattr(torch, dtype)
+    cu = extra.get("cu")
+    cu_t = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
+    inp = make_inputs(
+        B,
+        T,
+        H,
+        K,
+        V,
+        dtype,
+        regime=regime,
+        h0=extra.get("h0", True),
+        n_seq=len(cu) - 1 if cu else None,
+        seed=hash(name) % 2**31,
+    )
+    decode = extra.get("decode", False)
+
+    def fn(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale=None,
+        initial_state=None,
+        output_final_state=False,
+        cu_seqlens=None,
+        use_qk_l2norm_in_kernel=False,
+    ):
+        scale = K**-0.5 if scale is None else scale
+        if use_qk_l2norm_in_kernel:
+            q, k = _l2(q), _l2(k)
+        if decode:
+            return triton_gdn.fused_recurrent_triton(
+                q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens
+            )
+        return triton_gdn.chunk_gated_delta_rule_triton(
+            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens
+        )
+
+    return compare(
+        fn,
+        inp,
+        scale=extra.get("scale"),
+        cu_seqlens=cu_t,
+        l2norm=extra.get("l2norm", False),
+        grads=not decode,
+    )
+
+
+def main():
+    import os
+
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    _patch_bf16_dot()
+    names = sys.argv[1:] or list(CASES)
+    out = {}
+    for n in names:
+        try:
+            out[n] = run_case(n)
+        except Exception as e:  # reported per case by the test
+            out[n] = {"error": f"{type(e).__name__}: {e}"}
+    print("@@RESULT@@" + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
