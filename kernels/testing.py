@@ -118,12 +118,12 @@ def run_and_grad(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True,
     return res, do, dht
 
 
-def compare(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, **kw):
-    """Error ratios of fn against the float64 naive recurrence on the same inputs (upcast)."""
+def compare(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, ref_fn=None, **kw):
+    """Error ratios of fn against a float64 reference (default: the naive recurrence) on the same inputs."""
     out, do, dht = run_and_grad(fn, inp, scale, cu_seqlens, l2norm, grads, **kw)
     inp64 = {n: (t.double() if t is not None else None) for n, t in inp.items()}
     ref, _, _ = run_and_grad(
-        naive_recurrent_gated_delta_rule,
+        ref_fn or naive_recurrent_gated_delta_rule,
         inp64,
         scale,
         cu_seqlens,

@@ -31,6 +31,14 @@ BT = 64  # chunk size
 # in tf32 (ieee for float32 inputs): rounding them to bf16 costs ~0.002 relative error each, which adds up
 # past the 0.005 budget of the output.
 INTER = torch.float32
+# checks set this to fill every buffer with NaN before the kernels run, so unwritten elements show up
+POISON = False
+
+
+def _empty(*shape, device, dtype):
+    if POISON:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
 
 
 def _next_pow2(x: int, lo: int = 16) -> int:
@@ -585,10 +593,10 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
     N = cu.numel() - 1
     PREC = _prec(q.dtype)
     dev = q.device
-    gam = torch.empty(B, T, H, device=dev, dtype=torch.float32)
-    Tm = torch.empty(B, T, H, BT, device=dev, dtype=torch.float32)
-    w = torch.empty(B, T, H, K, device=dev, dtype=INTER)
-    u = torch.empty(B, T, H, V, device=dev, dtype=INTER)
+    gam = _empty(B, T, H, device=dev, dtype=torch.float32)
+    Tm = _empty(B, T, H, BT, device=dev, dtype=torch.float32)
+    w = _empty(B, T, H, K, device=dev, dtype=INTER)
+    u = _empty(B, T, H, V, device=dev, dtype=INTER)
     _fwd_prepare[(NCt, H)](
         k,
         v,
@@ -610,9 +618,9 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         PREC=PREC,
         num_warps=4,
     )
-    h = torch.empty(NCt, H, K, V, device=dev, dtype=INTER)
-    vn = torch.empty(B, T, H, V, device=dev, dtype=INTER)
-    ht = torch.empty(N, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
+    h = _empty(NCt, H, K, V, device=dev, dtype=INTER)
+    vn = _empty(B, T, H, V, device=dev, dtype=INTER)
+    ht = _empty(N, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
     _fwd_state[(triton.cdiv(V, BV), N * H)](
         k,
         w,
@@ -635,7 +643,7 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         STORE_HT=ht is not None,
         num_warps=4,
     )
-    o = torch.empty(B, T, H, V, device=dev, dtype=v.dtype)
+    o = _empty(B, T, H, V, device=dev, dtype=v.dtype)
     _fwd_output[(triton.cdiv(V, BV), NCt, H)](
         q,
         k,
@@ -670,9 +678,9 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
     PREC = _prec(q.dtype)
     dev = q.device
     do = do.contiguous()
-    dh = torch.empty(NCt, H, K, V, device=dev, dtype=INTER)
-    du = torch.empty(B, T, H, V, device=dev, dtype=torch.float32)
-    dh0 = torch.empty(N, H, K, V, device=dev, dtype=torch.float32) if h0 is not None else None
+    dh = _empty(NCt, H, K, V, device=dev, dtype=INTER)
+    du = _empty(B, T, H, V, device=dev, dtype=torch.float32)
+    dh0 = _empty(N, H, K, V, device=dev, dtype=torch.float32) if h0 is not None else None
     _bwd_state[(triton.cdiv(V, BV), N * H)](
         q,
         k,
@@ -697,11 +705,11 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         STORE_DH0=dh0 is not None,
         num_warps=4,
     )
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    dbeta = torch.empty_like(beta)
-    dg = torch.empty_like(g)
+    dq = _empty(*q.shape, device=dev, dtype=q.dtype)
+    dk = _empty(*k.shape, device=dev, dtype=k.dtype)
+    dv = _empty(*v.shape, device=dev, dtype=v.dtype)
+    dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
+    dg = _empty(*g.shape, device=dev, dtype=g.dtype)
     _bwd_main[(NCt, H)](
         q,
         k,
@@ -780,8 +788,8 @@ def fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     BK = _next_pow2(K)
     BV = min(32, _next_pow2(V))
-    o = torch.empty_like(v)
-    ht = torch.empty(N, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
+    o = _empty(*v.shape, device=v.device, dtype=v.dtype)
+    ht = _empty(N, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None
     _recurrent_fwd[(triton.cdiv(V, BV), N * H)](
         q,
