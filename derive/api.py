@@ -1,0 +1,174 @@
+"""`derive(graph, optimizer, parametrization)`: the rules, their conventions, and the desiderata that fail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from mudelta.graphs.ir import Graph, Param, suggest
+
+from .desiderata import check
+from .engine import Engine, Violation
+from .optimizers import Optimizer, get_optimizer
+from .parametrizations import CONVENTIONS, category, given_values
+from .rules import NEG_INF
+
+
+@dataclass
+class ParamRule:
+    name: str
+    shape: list[str]
+    category: str  # input | hidden | output | scalar
+    beta: sp.Rational  # a + b: W's entries are n^-beta at init
+    rho: sp.Rational  # Delta W's entries are n^-rho after one step
+    grad: sp.Expr  # dL/dW's entries are n^grad at init
+    lr: sp.Rational  # the optimizer's invariant a_coef a + c (+ b_coef b)
+    a: sp.Rational
+    b: sp.Rational
+    c: sp.Rational
+    max_stable_c: sp.Rational | None = None  # evaluation mode: the smallest c (largest LR) that stays bounded
+
+    @property
+    def init_std(self) -> str:
+        return power(-self.b)
+
+    @property
+    def multiplier(self) -> str:
+        return power(-self.a)
+
+    @property
+    def lr_scale(self) -> str:
+        return power(-self.c)
+
+    @property
+    def wd_scale(self) -> str:
+        """Decoupled weight decay multiplier keeping lr * wd (the per-step shrink) width-independent."""
+        return power(self.c)
+
+
+def power(e) -> str:
+    e = sp.Rational(e)
+    if e == 0:
+        return "1"
+    if e == 1:
+        return "n"
+    return f"n**({e})" if e.q != 1 or e < 0 else f"n**{e}"
+
+
+@dataclass
+class Derivation:
+    graph: Graph
+    optimizer: Optimizer
+    parametrization: str
+    convention: str
+    engine: Engine
+    params: list[ParamRule]
+    slots: dict[str, sp.Rational]
+    violations: list[Violation]
+
+    @property
+    def spec(self) -> str:
+        return self.graph.name
+
+    def param(self, name: str) -> ParamRule:
+        for rule in self.params:
+            if rule.name == name:
+                return rule
+        raise KeyError(f"no parameter {name!r} in {self.spec}{suggest(name, [r.name for r in self.params])}")
+
+    def invariants(self, name: str) -> tuple[sp.Rational, sp.Rational]:
+        """(a + b, the optimizer's LR invariant): unchanged by the abc-symmetry."""
+        rule = self.param(name)
+        return rule.a + rule.b, self.optimizer.a_coef * rule.a + self.optimizer.b_coef * rule.b + rule.c
+
+    def to_dict(self) -> dict:
+        e = self.engine
+        nodes = []
+        for name in self.graph.order:
+            nodes.append({"name": name, "init": _s(e.X(name)), "grad": _s(e.grad.get(name, NEG_INF)),
+                          "update": _s(e.D(name))})
+        return {
+            "spec": self.spec,
+            "optimizer": self.optimizer.name,
+            "parametrization": self.parametrization,
+            "convention": self.convention,
+            "parameters": [
+                {"name": r.name, "shape": r.shape, "category": r.category, "a": _s(r.a), "b": _s(r.b),
+                 "c": _s(r.c), "init_std": r.init_std, "multiplier": r.multiplier, "lr_scale": r.lr_scale,
+                 **({"wd_scale": r.wd_scale} if self.optimizer.decoupled_weight_decay else {}),
+                 **({"max_stable_c": _s(r.max_stable_c)} if r.max_stable_c is not None else {})}
+                for r in self.params
+            ],
+            "multipliers": [{"name": s, "exponent": _s(v), "multiplier": power(v)} for s, v in self.slots.items()],
+            "nodes": nodes,
+            "violations": [{"desideratum": v.desideratum, "node": v.node, "exponent": _s(v.exponent),
+                            "message": v.message} for v in self.violations],
+        }
+
+
+def _s(value) -> str:
+    if value is None:
+        return "null"
+    if value is NEG_INF:
+        return "-oo"
+    return str(sp.nsimplify(value))
+
+
+def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: str = "mup",
+           convention: str = "tp5") -> Derivation:
+    """Derive (parametrization="mup") or evaluate (sp, ntk, mf, or a YAML/JSON file of exponents) the
+    width-scaling rules of every parameter of `graph` under `optimizer`."""
+    opt = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}{suggest(convention, CONVENTIONS)}; "
+                         f"choose from {', '.join(CONVENTIONS)}")
+    if parametrization == "mup":
+        engine = Engine(graph, opt).run()
+        abc = None
+    else:
+        abc, slots = given_values(graph, opt, parametrization)
+        given = {("beta", p): a + b for p, (a, b, c) in abc.items()} | {("s", s): v for s, v in slots.items()}
+        if opt.grad_coef:  # SGD: the update size depends on the gradient, which a first pass measures
+            first = Engine(graph, opt, given).run()
+            for p, (a, b, c) in abc.items():
+                grad = first.pgrad1.get(p, NEG_INF)
+                given[("rho", p)] = None if grad is NEG_INF else opt.rho(a, b, c, grad)
+        else:
+            for p, (a, b, c) in abc.items():
+                given[("rho", p)] = opt.rho(a, b, c, 0)
+        engine = Engine(graph, opt, given).run()
+    rules = []
+    for p in graph.params.values():
+        if not p.trainable:
+            continue
+        rules.append(_rule(engine, opt, p, convention, abc))
+    slots = {key[1]: engine.value_of(key) for key in engine.unknowns if key[0] == "s"}
+    for node in graph.nodes.values():
+        if node.op == "scale" and "fixed" in node.attrs:
+            slots[node.attrs["slot"]] = node.attrs["fixed"]
+    return Derivation(graph, opt, str(parametrization), convention, engine, rules, slots, check(engine))
+
+
+def _rule(engine: Engine, opt: Optimizer, p: Param, convention: str, abc) -> ParamRule:
+    beta = engine.value_of(("beta", p.name))
+    rho = engine.value_of(("rho", p.name))
+    grad = engine.pgrad1.get(p.name, NEG_INF)
+    lr = engine.steps[("lr", p.name)].value
+    cat = category(engine.g, p)
+    if abc is not None:
+        a, b, c = abc[p.name]
+        limit = engine.unknowns[("rho", p.name)].solved
+        max_c = None
+        if limit is not None and (grad is not NEG_INF or not opt.grad_coef):
+            max_c = opt.c_for(limit, a, b, grad if opt.grad_coef else 0)
+    else:
+        a, b, c = CONVENTIONS[convention](opt, cat, beta, lr)
+        max_c = None
+    return ParamRule(p.name, _shape(engine.g, p), cat, beta, rho, grad, lr, a, b, c, max_c)
+
+
+def _shape(graph: Graph, p: Param) -> list[str]:
+    if p.fan_in and p.fan_out and len(p.shape) == len(p.fan_in) + len(p.fan_out):
+        return ["*".join(p.fan_out), "*".join(p.fan_in)] if p.shape[: len(p.fan_out)] == p.fan_out else list(p.shape)
+    return list(p.shape)
