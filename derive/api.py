@@ -129,10 +129,10 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
     else:
         abc, slots = given_values(graph, opt, parametrization)
         given = {("beta", p): a + b for p, (a, b, c) in abc.items()} | {("s", s): v for s, v in slots.items()}
-        if opt.grad_coef:  # SGD: the update size depends on the gradient, which a first pass measures
+        if opt.grad_coef:  # SGD: the first step's size depends on the gradient at init: a first pass measures it
             first = Engine(graph, opt, given).run()
             for p, (a, b, c) in abc.items():
-                grad = first.pgrad1.get(p, NEG_INF)
+                grad = first.pgrad.get(p, NEG_INF)
                 given[("rho", p)] = None if grad is NEG_INF else opt.rho(a, b, c, grad)
         else:
             for p, (a, b, c) in abc.items():
@@ -153,7 +153,8 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
 def _rule(engine: Engine, opt: Optimizer, p: Param, convention: str, abc) -> ParamRule:
     beta = engine.value_of(("beta", p.name))
     rho = engine.value_of(("rho", p.name))
-    grad = engine.pgrad1.get(p.name, NEG_INF)
+    # muP rules follow the gradient during training; a given parametrization is judged on its first step
+    grad = (engine.pgrad1 if abc is None else engine.pgrad).get(p.name, NEG_INF)
     lr = engine.steps[("lr", p.name)].value
     cat = category(engine.g, p)
     if abc is not None:

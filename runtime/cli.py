@@ -1,1 +1,97 @@
-def main():\n    pass
+"""The `mudelta` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mudelta.graphs.ir import SpecError
+from mudelta.graphs.presets import PRESETS, load, options
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SpecError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _derivation(args):
+    from mudelta.derive import derive
+
+    graph = load(args.spec, _overrides(args.set))
+    return derive(graph, args.optimizer, args.parametrization, args.convention)
+
+
+def cmd_derive(args) -> int:
+    from mudelta.derive import report
+
+    d = _derivation(args)
+    emit = {"table": report.table, "markdown": report.markdown, "latex": report.latex}
+    if args.format == "json":
+        print(report.to_json(d))
+    else:
+        print(emit[args.format](d, collapse=not args.all_layers))
+    return 1 if (d.violations and args.parametrization == "mup") else 0
+
+
+def cmd_explain(args) -> int:
+    from mudelta.derive import report
+
+    d = _derivation(args)
+    print(report.explain(d, args.param, args.depth))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name in PRESETS:
+        opts = ", ".join(f"{k}={v}" for k, v in options(name).items())
+        print(f"{name:12s} {opts}")
+    return 0
+
+
+def _common(p):
+    p.add_argument("spec", help=f"a builtin preset ({', '.join(PRESETS)}) or a YAML spec path")
+    p.add_argument("--optimizer", default="adamw", choices=["sgd", "sgd-nesterov", "adam", "adamw"])
+    p.add_argument("--parametrization", default="mup",
+                   help="mup (derive), or evaluate sp, ntk, mf, or a YAML/JSON file of exponents")
+    p.add_argument("--convention", default="tp5", choices=["tp5", "mup", "tp4"],
+                   help="which (a, b, c) representative to print: tp5 = Tensor Programs V Table 3 (no "
+                        "multipliers), mup = Table 8 / mup package (readout multiplier), tp4 = one global LR")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option, e.g. layers=24")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mudelta", description="Width-scaling rules (muP), derived from the "
+                                     "computation graph instead of guessed.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("derive", help="derive (or evaluate) every parameter's init, multiplier and LR exponent")
+    _common(p)
+    p.add_argument("--format", default="table", choices=["table", "markdown", "json", "latex"])
+    p.add_argument("--all-layers", action="store_true", help="one row per layer instead of grouping equal layers")
+    p.set_defaults(func=cmd_derive)
+    p = sub.add_parser("explain", help="the step-by-step derivation of one parameter's rule")
+    _common(p)
+    p.add_argument("param", help="parameter name, e.g. layers.0.attn.a_proj.weight")
+    p.add_argument("--depth", type=int, default=None, help="follow dependencies this many levels only")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("presets", help="list the builtin presets and their options")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"mudelta: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

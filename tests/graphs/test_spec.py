@@ -1,0 +1,88 @@
+"""YAML specs: a valid spec derives like the builder; each kind of bad spec names the problem and line."""
+
+import textwrap
+
+import pytest
+
+from mudelta.derive import derive
+from mudelta.graphs.builders import mlp
+from mudelta.graphs.ir import GraphBuilder, SpecError
+from mudelta.graphs.presets import load
+
+GOOD = """\
+name: tiny_mlp
+dims: {d_in: 32, width: n, classes: 10}
+nodes:
+  - {name: x, op: input, dims: [d_in], kind: features}
+  - repeat: 3
+    nodes:
+      - {name: "h{i}", op: linear, in: "{prev}", out: [width], param: "layers.{i}.weight"}
+      - {name: "a{i}", op: relu, in: "h{i}"}
+  - {name: logits, op: readout, in: a2, out: [classes], param: readout.weight}
+  - {name: loss, op: cross_entropy, in: logits}
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "spec.yaml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def test_yaml_spec_matches_builder(tmp_path):
+    from_yaml = derive(load(write(tmp_path, GOOD)), "adam")
+    from_builder = derive(mlp(layers=3), "adam")
+    assert [(r.name, r.a, r.b, r.c) for r in from_yaml.params] == [(r.name, r.a, r.b, r.c) for r in from_builder.params]
+
+
+@pytest.mark.parametrize(
+    "bad, message, line",
+    [
+        (GOOD.replace("op: relu", "op: reluu"), "unknown op 'reluu'", 8),
+        (GOOD.replace("out: [classes]", "out: [clases]"), "unknown dim 'clases'", 9),
+        (GOOD.replace('in: "h{i}"', "in: nothere"), "dangling input 'nothere'", 8),
+        (GOOD.replace("{name: loss", "{name: logits"), "duplicate node name 'logits'", 10),
+        (GOOD.replace('in: "{prev}"', "in: a2"), "cycle in the graph", None),
+        (GOOD.replace("dims: [d_in]", "dims: [width, d_in, width]"), "repeated dim", 4),
+        (GOOD.replace("out: [width], param", "fan_in: [classes], out: [width], param"), "do not end in", 7),
+        (GOOD.replace("classes: 10", "classes: m"), "unknown symbol", 2),
+        (GOOD + "  - {name: extra, op: add, in: [x]}\n", "at least 2 inputs", 11),
+        (GOOD.replace("kind: features", "kind: features, colour: red"), "unknown key(s) ['colour']", 4),
+        ("name: x\ndims: [1, 2\n", "invalid YAML", 3),
+    ],
+)
+def test_bad_specs(tmp_path, bad, message, line):
+    with pytest.raises(SpecError) as err:
+        load(write(tmp_path, bad))
+    assert message in str(err.value)
+    if line is not None:
+        assert f"spec.yaml:{line}:" in str(err.value)
+
+
+def test_mismatched_dims_and_tied_shapes():
+    b = GraphBuilder("t")
+    b.dim("a", "n"), b.dim("b", 3)
+    x = b.input("x", ["a"])
+    y = b.input("y", ["b"])
+    with pytest.raises(SpecError, match="mismatched dims"):
+        b.add("z", x, y)
+    b.linear("l1", x, ["a"], "w")
+    with pytest.raises(SpecError, match="tied to an earlier use"):
+        b.linear("l2", x, ["b"], "w")
+
+
+@pytest.mark.parametrize("name", ["x); import os  #", "1abc", "class", "a b"])
+def test_names_reaching_generated_code_are_validated(name):
+    b = GraphBuilder("t")
+    b.dim("a", "n")
+    with pytest.raises(SpecError, match="invalid node name"):
+        b.input(name, ["a"])
+
+
+def test_preset_options():
+    with pytest.raises(SpecError, match="did you mean 'layers'"):
+        load("gdn", {"layres": "2"})
+    with pytest.raises(SpecError, match="unknown spec"):
+        load("gdnn")
+    # embeddings, final norm, and 18 tensors per GDN + MLP block (tied lm_head)
+    assert len(load("gdn", {"layers": "3"}).params) == 2 + 3 * 18
