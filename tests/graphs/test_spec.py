@@ -3,6 +3,7 @@
 import textwrap
 
 import pytest
+import sympy as sp
 
 from mudelta.derive import derive
 from mudelta.graphs.builders import mlp
@@ -86,3 +87,27 @@ def test_preset_options():
         load("gdnn")
     # embeddings, final norm, and 18 tensors per GDN + MLP block (tied lm_head)
     assert len(load("gdn", {"layers": "3"}).params) == 2 + 3 * 18
+
+
+ATTN = """\
+name: fixed_scale
+dims: {vocab: 64, d: n, dh: n/4, heads: 4}
+nodes:
+  - {name: tok, op: input, dims: [vocab]}
+  - {name: x, op: embedding, in: tok, out: [d], param: emb.weight}
+  - {name: q, op: linear, in: x, out: [heads, dh], param: q.weight}
+  - {name: k, op: linear, in: x, out: [heads, dh], param: k.weight}
+  - {name: v, op: linear, in: x, out: [heads, dh], param: v.weight}
+  - {name: s, op: dot, in: [q, k], over: [dh]}
+  - {name: z, op: scale, in: s, slot: logit, fixed: "dh**-0.5"}
+  - {name: p, op: softmax, in: z}
+  - {name: o, op: mix, in: [p, v]}
+  - {name: logits, op: linear, in: o, fan_in: [heads, dh], out: [vocab], param: head.weight}
+  - {name: loss, op: cross_entropy, in: logits}
+"""
+
+
+def test_a_fixed_multiplier_that_cannot_work_names_the_failing_desideratum(tmp_path):
+    # 1/sqrt(d) attention: after one step q.k is correlated (LLN), so the logits grow as n^1/2
+    d = derive(load(write(tmp_path, ATTN)), "adam")
+    assert [(v.desideratum, v.node, v.exponent) for v in d.violations] == [("update-bounded", "z", sp.Rational(1, 2))]
