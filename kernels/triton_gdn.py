@@ -704,6 +704,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         HAS_DHT=dht is not None,
         STORE_DH0=dh0 is not None,
         num_warps=4,
+        num_stages=1,
     )
     dq = _empty(*q.shape, device=dev, dtype=q.dtype)
     dk = _empty(*k.shape, device=dev, dtype=k.dtype)
@@ -739,6 +740,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         BV=BV,
         PREC=PREC,
         num_warps=8,
+        num_stages=1,
     )
     return dq, dk, dv, dg, dbeta, dh0
 
