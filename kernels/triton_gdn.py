@@ -10,8 +10,9 @@ entering the chunk, gam_i the cumulative sum of g inside the chunk and Gam_ij = 
 
 Forward: `_fwd_prepare` (chunk-parallel: gam, T, W, U~), `_fwd_state` (sequential over chunks: S0 of
 every chunk, U, final state), `_fwd_output` (chunk-parallel: o).
-Backward: `_bwd_state` (sequential, reversed: dS at every chunk end, dU, dS0), `_bwd_main`
-(chunk-parallel: dq, dk, dv, dbeta, dg).  Derivation in benchmarks/NOTES.md.
+Backward: `_bwd_state` (sequential, reversed: dS at every chunk end, dU, dS0), `_bwd_dqk`
+(chunk-parallel: dq, the output/state parts of dk, dW, dgam) and `_bwd_wy` (chunk-parallel: backward of
+the UT transform: dv, dbeta, the rest of dk and dgam, dg).  Derivation in benchmarks/NOTES.md.
 
 All sequences are handled as packed tokens [B*T, H, *] with offsets (cu_seqlens); batches without
 cu_seqlens get uniform offsets. Token offsets are 64-bit inside the kernels.
@@ -70,6 +71,7 @@ def _fwd_prepare(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
+    PREC_INV: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -97,12 +99,25 @@ def _fwd_prepare(
     diff = tl.where(strict, b_gam[:, None] - b_gam[None, :], 0.0)
     b_A = tl.where(strict, b_kk * b_beta[:, None] * tl.exp(diff), 0.0)
 
-    # T = (I + A)^-1 by forward substitution, one row at a time (rows < i are final)
-    b_T = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
-    for i in range(1, BT):
-        a_i = tl.sum(tl.where(rows[:, None] == i, b_A, 0.0), 0)  # A[i, :]
-        new = tl.sum(a_i[:, None] * b_T, 0)  # sum_j A[i, j] T[j, :]
-        b_T = tl.where(rows[:, None] == i, tl.where(rows == i, 1.0, 0.0)[None, :] - new[None, :], b_T)
+    # T = (I + A)^-1. A = D + L with D the four 16x16 diagonal blocks (nilpotent, D^16 = 0) and L the
+    # strictly block-lower rest. T_D = (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8); with N = T_D L
+    # (N^4 = 0), T = (I + N)^-1 T_D = (I - N)(I + N^2) T_D. 11 small dots in PREC_INV (tf32x3: ~fp32).
+    eye = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
+    same = (rows // 16)[:, None] == (rows // 16)[None, :]
+    b_D = tl.where(same, b_A, 0.0)
+    b_L = tl.where(same, 0.0, b_A)
+    b_P = tl.dot(b_D, b_D, input_precision=PREC_INV)
+    b_TD = eye - b_D
+    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
+    b_P = tl.dot(b_P, b_P, input_precision=PREC_INV)
+    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
+    b_P = tl.dot(b_P, b_P, input_precision=PREC_INV)
+    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
+    b_N = tl.dot(b_TD, b_L, input_precision=PREC_INV)
+    b_N2 = tl.dot(b_N, b_N, input_precision=PREC_INV)
+    b_X = eye - b_N
+    b_X += tl.dot(b_X, b_N2, input_precision=PREC_INV)
+    b_T = tl.dot(b_X, b_TD, input_precision=PREC_INV)
 
     p_T = T_out + (tok * H * BT + i_h * BT)[:, None] + rows[None, :]
     tl.store(p_T, b_T, mask=m_t[:, None])
@@ -349,13 +364,21 @@ def _bwd_state(
 
 
 @triton.jit
-def _bwd_main(
+def _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT: tl.constexpr):
+    seq = tl.load(chunk_seq + i_c)
+    pos = tl.load(chunk_pos + i_c).to(tl.int64)
+    bos = tl.load(cu + seq).to(tl.int64)
+    eos = tl.load(cu + seq + 1).to(tl.int64)
+    t0 = bos + pos * BT
+    L = tl.minimum(eos - t0, BT).to(tl.int32)
+    return t0, L
+
+
+@triton.jit
+def _bwd_dqk(
     q,
     k,
-    v,
-    beta,
     gam,
-    Tm,
     h,
     dh,
     vn,
@@ -366,10 +389,9 @@ def _bwd_main(
     chunk_pos,
     scale,
     dq,
-    dk,
-    dv,
-    dbeta,
-    dg,
+    dk_part,
+    dw,
+    dgam_part,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -378,14 +400,10 @@ def _bwd_main(
     BV: tl.constexpr,
     PREC: tl.constexpr,
 ):
+    """dq; the output and state parts of dk; dW = -dU S0^T; the matching parts of dgam."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    seq = tl.load(chunk_seq + i_c)
-    pos = tl.load(chunk_pos + i_c).to(tl.int64)
-    bos = tl.load(cu + seq).to(tl.int64)
-    eos = tl.load(cu + seq + 1).to(tl.int64)
-    t0 = bos + pos * BT
-    L = tl.minimum(eos - t0, BT).to(tl.int32)
+    t0, L = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
     rows = tl.arange(0, BT)
     m_t = rows < L
     tok = t0 + rows
@@ -393,24 +411,18 @@ def _bwd_main(
     m_k = cols_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     hoff = (i_c.to(tl.int64) * H + i_h) * K * V
+    tk_off = (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
 
-    b_q = tl.load(q + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_tk, other=0.0)
-    b_k = tl.load(k + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_tk, other=0.0)
+    b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
     g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
     b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
-    b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    # T^T loaded directly from memory (T is stored row-major per token)
-    b_TT = tl.load(
-        Tm + ((t0 + rows[None, :]) * H * BT + i_h * BT) + rows[:, None], mask=m_t[None, :], other=0.0
-    )
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)
     b_dst = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dbeta = tl.zeros([BT], dtype=tl.float32)
     dgl = 0.0
     for i_v in range(0, tl.cdiv(V, BV)):
         cols_v = i_v * BV + tl.arange(0, BV)
@@ -419,26 +431,17 @@ def _bwd_main(
         m_kv = m_k[:, None] & m_v[None, :]
         kv_off = cols_k[:, None] * V + cols_v[None, :]
         tv_off = (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
-        b_h = tl.load(h + hoff + kv_off, mask=m_kv, other=0.0)
-        b_dh = tl.load(dh + hoff + kv_off, mask=m_kv, other=0.0)
+        b_h = tl.load(h + hoff + kv_off, mask=m_kv, other=0.0).to(tl.float32)
+        b_dh = tl.load(dh + hoff + kv_off, mask=m_kv, other=0.0).to(tl.float32)
         b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = tl.load(vn + tv_off, mask=m_tv, other=0.0).to(tl.float32)
         b_du = tl.load(du + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_h = b_h.to(tl.float32)
-        b_dh = b_dh.to(tl.float32)
         b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dst += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
         dgl += tl.sum(b_h * b_dh)
-        # U~ = T (beta V):  dT += dU (beta V)^T,  d(beta V) = T^T dU
-        b_vb = b_v * b_beta[:, None]
-        b_dT += tl.dot(b_du, tl.trans(b_vb), input_precision=PREC)
-        b_dvb = tl.dot(b_TT, b_du, input_precision=PREC)
-        tl.store(dv + tv_off, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-        b_dbeta += tl.sum(b_dvb * b_v, 1)
 
     e_gam = tl.exp(b_gam)
     lower = rows[:, None] >= rows[None, :]
@@ -455,15 +458,86 @@ def _bwd_main(
     c_s = tl.sum(b_dks * b_kf, 1)
     b_dgam = tl.sum(b_dq * b_qf, 1) - tl.sum(b_dko * b_kf, 1) - c_s
     b_dgam += tl.where(rows == L - 1, tl.sum(c_s) + dgl * tl.exp(g_last), 0.0)
-    b_dk = b_dko + b_dks
+    tl.store(dq + tk_off, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk_part + tk_off, b_dko + b_dks, mask=m_tk)
+    tl.store(dw + tk_off, b_dw, mask=m_tk)
+    tl.store(dgam_part + tok * H + i_h, b_dgam, mask=m_t)
 
+
+@triton.jit
+def _bwd_wy(
+    k,
+    v,
+    beta,
+    gam,
+    Tm,
+    dw,
+    du,
+    dk_part,
+    dgam_part,
+    cu,
+    chunk_seq,
+    chunk_pos,
+    dk,
+    dv,
+    dbeta,
+    dg,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Backward of the UT transform (U~ = T beta V, W = T beta e^gam K, T = (I + A)^-1): dv, dbeta, the
+    rest of dk and dgam; then dg = reverse cumsum of dgam."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    t0, L = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
+    rows = tl.arange(0, BT)
+    m_t = rows < L
+    tok = t0 + rows
+    cols_k = tl.arange(0, BK)
+    m_k = cols_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    tk_off = (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
+
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+    g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
+    b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
+    b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    # T^T loaded directly from memory (T is stored row-major per token)
+    b_TT = tl.load(
+        Tm + ((t0 + rows[None, :]) * H * BT + i_h * BT) + rows[:, None], mask=m_t[None, :], other=0.0
+    )
+
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        cols_v = i_v * BV + tl.arange(0, BV)
+        m_v = cols_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        tv_off = (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
+        b_du = tl.load(du + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        # U~ = T (beta V):  dT += dU (beta V)^T,  d(beta V) = T^T dU
+        b_dT += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        b_dvb = tl.dot(b_TT, b_du, input_precision=PREC)
+        tl.store(dv + tv_off, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_dbeta += tl.sum(b_dvb * b_v, 1)
+
+    e_gam = tl.exp(b_gam)
+    b_kf = b_k.to(tl.float32)
+    b_dk = tl.load(dk_part + tk_off, mask=m_tk, other=0.0)
+    b_dgam = tl.load(dgam_part + tok * H + i_h, mask=m_t, other=0.0)
+    b_dw = tl.load(dw + tk_off, mask=m_tk, other=0.0)
     # W = T diag(beta e^gam) K:  d(kbe) = T^T dW,  dT += dW kbe^T
     b_kbe = b_kf * (b_beta * e_gam)[:, None]
     b_dkbe = tl.dot(b_TT, b_dw, input_precision=PREC)
     b_dk += b_dkbe * (b_beta * e_gam)[:, None]
-    t_kbe = tl.sum(b_dkbe * b_kbe, 1)
     b_dbeta += tl.sum(b_dkbe * b_kf, 1) * e_gam
-    b_dgam += t_kbe
+    b_dgam += tl.sum(b_dkbe * b_kbe, 1)
     b_dT += tl.dot(b_dw, tl.trans(b_kbe), input_precision=PREC)
     # dA = -T^T dT T^T on the strictly lower part
     strict = rows[:, None] > rows[None, :]
@@ -481,8 +555,6 @@ def _bwd_main(
 
     b_dgam = tl.where(m_t, b_dgam, 0.0)
     b_dg = tl.cumsum(b_dgam, 0, reverse=True)
-    tk_off = (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
-    tl.store(dq + tk_off, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + tk_off, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + tok * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     tl.store(dg + tok * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
@@ -554,8 +626,35 @@ def _recurrent_fwd(
 # ----------------------------------------------------------------------------------------------------
 
 
+# Launch configurations (block of V per program, warps, pipelining stages); benchmarks/kernels.py --tune
+# times alternatives on the GPU and can overwrite these.
+CONFIG = {
+    "prepare": dict(BV=64, num_warps=4, num_stages=1),
+    "state": dict(BV=64, num_warps=4, num_stages=2),
+    "output": dict(BV=64, num_warps=4, num_stages=2),
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
+    "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
+    "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
+    "decode": dict(BV=32, num_warps=4, num_stages=1),
+}
+
+
+def _cfg(name, V):
+    c = dict(CONFIG[name])
+    bv = min(c.pop("BV"), _next_pow2(V))
+    return bv, c
+
+
 def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# precision of the 11 small dots that invert I + A (tf32x3: three tf32 products, about float32 accuracy)
+PREC_INV_LOWP = "tf32x3"
+
+
+def _prec_inv(dtype):
+    return "ieee" if dtype == torch.float32 else PREC_INV_LOWP
 
 
 def _chunk_tables(B, T, cu_seqlens, device):
@@ -576,19 +675,22 @@ def _chunk_tables(B, T, cu_seqlens, device):
     chunk_seq = torch.repeat_interleave(
         torch.arange(len(lens), device=device, dtype=torch.int32), nchunks, output_size=total
     )
-    chunk_pos = (
-        torch.arange(total, device=device, dtype=torch.int32) - chunk_off[:-1].long()[chunk_seq.long()]
-    ).to(torch.int32)
+    first = chunk_off[:-1].long()[chunk_seq.long()]
+    chunk_pos = (torch.arange(total, device=device, dtype=torch.int64) - first).to(torch.int32)
     return cu, chunk_seq, chunk_pos, chunk_off, total
 
 
-def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+def _dims(q, v):
+    K, V = q.shape[-1], v.shape[-1]
     BK = _next_pow2(K)
     if BK > 256:
         raise ValueError(f"the Triton kernels support K <= 256, got K = {K}")
-    BV = min(64, _next_pow2(V))
+    return K, V, BK
+
+
+def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
+    B, T, H, _ = q.shape
+    K, V, BK = _dims(q, v)
     cu, chunk_seq, chunk_pos, chunk_off, NCt = _chunk_tables(B, T, cu_seqlens, q.device)
     N = cu.numel() - 1
     PREC = _prec(q.dtype)
@@ -597,6 +699,7 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
     Tm = _empty(B, T, H, BT, device=dev, dtype=torch.float32)
     w = _empty(B, T, H, K, device=dev, dtype=INTER)
     u = _empty(B, T, H, V, device=dev, dtype=INTER)
+    BV, kw = _cfg("prepare", V)
     _fwd_prepare[(NCt, H)](
         k,
         v,
@@ -616,11 +719,13 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         BK=BK,
         BV=BV,
         PREC=PREC,
-        num_warps=4,
+        PREC_INV=_prec_inv(q.dtype),
+        **kw,
     )
     h = _empty(NCt, H, K, V, device=dev, dtype=INTER)
     vn = _empty(B, T, H, V, device=dev, dtype=INTER)
     ht = _empty(N, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
+    BV, kw = _cfg("state", V)
     _fwd_state[(triton.cdiv(V, BV), N * H)](
         k,
         w,
@@ -641,9 +746,10 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         PREC=PREC,
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
-        num_warps=4,
+        **kw,
     )
     o = _empty(B, T, H, V, device=dev, dtype=v.dtype)
+    BV, kw = _cfg("output", V)
     _fwd_output[(triton.cdiv(V, BV), NCt, H)](
         q,
         k,
@@ -662,7 +768,7 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         BK=BK,
         BV=BV,
         PREC=PREC,
-        num_warps=4,
+        **kw,
     )
     saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt)
     return o, ht, saved
@@ -670,10 +776,8 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
 
 def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
     gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt = saved
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    BK = _next_pow2(K)
-    BV = min(64, _next_pow2(V))
+    B, T, H, _ = q.shape
+    K, V, BK = _dims(q, v)
     N = cu.numel() - 1
     PREC = _prec(q.dtype)
     dev = q.device
@@ -681,6 +785,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
     dh = _empty(NCt, H, K, V, device=dev, dtype=INTER)
     du = _empty(B, T, H, V, device=dev, dtype=torch.float32)
     dh0 = _empty(N, H, K, V, device=dev, dtype=torch.float32) if h0 is not None else None
+    BV, kw = _cfg("bwd_state", V)
     _bwd_state[(triton.cdiv(V, BV), N * H)](
         q,
         k,
@@ -703,21 +808,17 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         PREC=PREC,
         HAS_DHT=dht is not None,
         STORE_DH0=dh0 is not None,
-        num_warps=4,
-        num_stages=1,
+        **kw,
     )
     dq = _empty(*q.shape, device=dev, dtype=q.dtype)
-    dk = _empty(*k.shape, device=dev, dtype=k.dtype)
-    dv = _empty(*v.shape, device=dev, dtype=v.dtype)
-    dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
-    dg = _empty(*g.shape, device=dev, dtype=g.dtype)
-    _bwd_main[(NCt, H)](
+    dk_part = _empty(*k.shape, device=dev, dtype=torch.float32)
+    dw = _empty(*k.shape, device=dev, dtype=torch.float32)
+    dgam = _empty(B, T, H, device=dev, dtype=torch.float32)
+    BV, kw = _cfg("bwd_dqk", V)
+    _bwd_dqk[(NCt, H)](
         q,
         k,
-        v,
-        beta,
         gam,
-        Tm,
         h,
         dh,
         vn,
@@ -728,6 +829,36 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         chunk_pos,
         scale,
         dq,
+        dk_part,
+        dw,
+        dgam,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        PREC=PREC,
+        **kw,
+    )
+    dk = _empty(*k.shape, device=dev, dtype=k.dtype)
+    dv = _empty(*v.shape, device=dev, dtype=v.dtype)
+    dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
+    dg = _empty(*g.shape, device=dev, dtype=g.dtype)
+    BV, kw = _cfg("bwd_wy", V)
+    _bwd_wy[(NCt, H)](
+        k,
+        v,
+        beta,
+        gam,
+        Tm,
+        dw,
+        du,
+        dk_part,
+        dgam,
+        cu,
+        chunk_seq,
+        chunk_pos,
         dk,
         dv,
         dbeta,
@@ -739,8 +870,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         BK=BK,
         BV=BV,
         PREC=PREC,
-        num_warps=8,
-        num_stages=1,
+        **kw,
     )
     return dq, dk, dv, dg, dbeta, dh0
 
@@ -789,7 +919,7 @@ def fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_
     V = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     BK = _next_pow2(K)
-    BV = min(32, _next_pow2(V))
+    BV, kw = _cfg("decode", V)
     o = _empty(*v.shape, device=v.device, dtype=v.dtype)
     ht = _empty(N, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None
@@ -813,6 +943,6 @@ def fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
         VARLEN=cu_seqlens is not None,
-        num_warps=4,
+        **kw,
     )
     return o, ht
