@@ -48,7 +48,7 @@ def ref64(*args, **kw):
     return chunk_gated_delta_rule_torch(*args, **kw)
 
 
-def run_checks(results):
+def run_checks(results, skip_fp32=False):
     triton_gdn.POISON = True
     dev = "cuda"
     cases = [
@@ -62,6 +62,8 @@ def run_checks(results):
         ("fp16", (2, 2048, 16, 128, 128), torch.float16, "normal", {}),
         ("fp32", (1, 300, 4, 128, 128), torch.float32, "normal", {}),
     ]
+    if skip_fp32:
+        cases = [c for c in cases if c[2] != torch.float32]
     out = {}
     for name, (B, T, H, K, V), dtype, regime, extra in cases:
         torch.manual_seed(hash(name) % 2**31 + int(time.time()))
@@ -79,6 +81,16 @@ def run_checks(results):
             + " ".join(f"{n}={e:.2e}" for n, e in err.items())
             + f"  ({time.time() - t0:.1f}s)"
         )
+    # fla's own error ratios on the same kind of inputs (information only, not a pass/fail)
+    fla_chunk, _, _ = load_fla()
+    if fla_chunk is not None:
+        inp = make_inputs(8, 4096, 16, 128, 128, torch.bfloat16, device=dev)
+        try:
+            err = compare(fla_chunk, inp, ref_fn=ref64)
+            results["fla_error"] = err
+            log("fla error (info)             " + " ".join(f"{n}={e:.2e}" for n, e in err.items()))
+        except Exception as e:
+            log(f"fla error check raised {e!r}")
     # varlen with length-1 sequences, full size
     lens = [1, 1, 4096, 1, 777, 64, 65, 1, 3000, 2048, 1, 5376]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
@@ -294,7 +306,7 @@ TUNE = {
 }
 
 
-def run_tune(results):
+def run_tune(results, only=None):
     """One pass of coordinate search over the launch configs at the first shape (and decode)."""
     from triton.testing import do_bench
 
@@ -320,7 +332,16 @@ def run_tune(results):
 
     timer = {"prepare": fwd, "state": fwd, "output": fwd, "decode": dec}
     log_rows = []
+    for prec in ("tf32x3", "tf32"):  # precision of the small dots inverting I + A (accuracy checked after)
+        triton_gdn.PREC_INV_LOWP = prec
+        ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+        log(f"tune prec_inv {prec}: fwd {ms:.3f} ms")
+        log_rows.append({"kernel": "prec_inv", "prec": prec, "ms": ms})
+    best_prec = min((r for r in log_rows if r["kernel"] == "prec_inv"), key=lambda r: r["ms"])
+    triton_gdn.PREC_INV_LOWP = best_prec["prec"]
     for name, cands in TUNE.items():
+        if only and name not in only:
+            continue
         f = timer.get(name, fwdbwd)
         best = None
         for bv, nw, ns in cands:
@@ -337,7 +358,8 @@ def run_tune(results):
         triton_gdn.CONFIG[name] = dict(BV=best[1], num_warps=best[2], num_stages=best[3])
     results["tune"] = log_rows
     results["config"] = {k: dict(v) for k, v in triton_gdn.CONFIG.items()}
-    log("best config:", json.dumps(results["config"]))
+    results["prec_inv"] = triton_gdn.PREC_INV_LOWP
+    log("best config:", json.dumps(results["config"]), "prec_inv:", triton_gdn.PREC_INV_LOWP)
 
 
 def profile(results):
@@ -422,7 +444,8 @@ def main():
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--tune", nargs="*", default=None, help="kernels to tune (none listed: all)")
+    ap.add_argument("--skip-fp32", action="store_true", help="skip the float32 check (slow to compile)")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = ap.parse_args()
     import triton
@@ -442,11 +465,11 @@ def main():
         triton_gdn.PREC_INV_LOWP = "ieee"
     results["prec_inv"] = triton_gdn.PREC_INV_LOWP
     try:
-        if args.tune:
-            run_tune(results)
+        if args.tune is not None:
+            run_tune(results, only=set(args.tune))
         results["config"] = {k: dict(v) for k, v in triton_gdn.CONFIG.items()}
         if args.check:
-            ok = run_checks(results)
+            ok = run_checks(results, skip_fp32=args.skip_fp32)
         if args.bench:
             run_bench(results)
         if args.profile:

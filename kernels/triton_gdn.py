@@ -628,14 +628,14 @@ def _recurrent_fwd(
 
 # Launch configurations (block of V per program, warps, pipelining stages); benchmarks/kernels.py --tune
 # times alternatives on the GPU and can overwrite these.
-CONFIG = {
+CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (benchmarks/results/kernels_v2.json)
     "prepare": dict(BV=64, num_warps=4, num_stages=1),
     "state": dict(BV=64, num_warps=4, num_stages=2),
-    "output": dict(BV=64, num_warps=4, num_stages=2),
+    "output": dict(BV=32, num_warps=4, num_stages=2),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
-    "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
-    "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
-    "decode": dict(BV=32, num_warps=4, num_stages=1),
+    "bwd_dqk": dict(BV=32, num_warps=8, num_stages=1),
+    "bwd_wy": dict(BV=64, num_warps=8, num_stages=1),
+    "decode": dict(BV=32, num_warps=2, num_stages=1),
 }
 
 
