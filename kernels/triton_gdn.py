@@ -101,7 +101,7 @@ def _fwd_prepare(
 
     # T = (I + A)^-1. A = D + L with D the four 16x16 diagonal blocks (nilpotent, D^16 = 0) and L the
     # strictly block-lower rest. T_D = (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8); with N = T_D L
-    # (N^4 = 0), T = (I + N)^-1 T_D = (I - N)(I + N^2) T_D. 11 small dots in PREC_INV (tf32x3: ~fp32).
+    # (N^4 = 0), T = (I + N)^-1 T_D = (I - N)(I + N^2) T_D. 11 small dots in PREC_INV.
     eye = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
     same = (rows // 16)[:, None] == (rows // 16)[None, :]
     b_D = tl.where(same, b_A, 0.0)
@@ -649,8 +649,10 @@ def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# precision of the 11 small dots that invert I + A (tf32x3: three tf32 products, about float32 accuracy)
-PREC_INV_LOWP = "tf32x3"
+# precision of the 11 small dots that invert I + A for bf16/fp16 inputs. "tf32x3" (about float32 accuracy)
+# cost 1.2 ms more per forward on the H100; "tf32" passed every full-size check there with the same error
+# ratios (benchmarks/results/kernels_v3_log.txt), so it is the default.
+PREC_INV_LOWP = "tf32"
 
 
 def _prec_inv(dtype):
