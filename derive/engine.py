@@ -455,7 +455,7 @@ class Engine:
 
     def _fwd_delta_rule(self, node):
         q, k, v, alpha, beta = node.inputs
-        key, value = node.attrs["key"], node.attrs["value"]
+        key = node.attrs["key"]
         e_k = self.e([key])
         X, D = self.X, self.D
         self.lineage[node.name] = self.lineage[v] | self.lineage[beta] | self.lineage[alpha]

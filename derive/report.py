@@ -7,7 +7,7 @@ import re
 
 from mudelta.graphs.ir import suggest
 
-from .api import Derivation
+from .api import Derivation, power
 from .desiderata import DESIDERATA
 
 _LAYER = re.compile(r"(?<=\.)(\d+)(?=\.)")
@@ -89,7 +89,7 @@ def _title(d: Derivation) -> str:
 def _tail(d: Derivation) -> list[str]:
     out = []
     if d.slots:
-        out += ["", "forward multipliers: " + ", ".join(f"{s} = {_pow(v)}" for s, v in d.slots.items())]
+        out += ["", "forward multipliers: " + ", ".join(f"{s} = {power(v)}" for s, v in d.slots.items())]
     if d.violations:
         out += ["", f"desiderata that fail ({len(d.violations)}):"]
         out += [f"  - {v.desideratum}: {v.message}" for v in d.violations]
@@ -97,12 +97,6 @@ def _tail(d: Derivation) -> list[str]:
         out += ["", "all desiderata hold: " + "; ".join(DESIDERATA[k] for k in ("init-bounded", "update-bounded",
                                                                               "feature-learning", "max-update"))]
     return out
-
-
-def _pow(v) -> str:
-    from .api import power
-
-    return power(v)
 
 
 def explain(d: Derivation, param: str, depth: int | None = None) -> str:

@@ -90,9 +90,5 @@ def emin(a, b):
     return sp.Min(a, b)
 
 
-def clt(e) -> sp.Expr:
-    return e / 2
-
-
 def w_dx_gain(e_c, e_other) -> sp.Expr:
     return max(e_c / 2, e_c - e_other / 2)

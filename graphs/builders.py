@@ -36,7 +36,7 @@ def transformer(
     b = GraphBuilder("transformer")
     _lm_dims(b, vocab, ffn_mult)
     _head_dims(b, "heads", "d_head", heads, head_dim)
-    x = _embed(b, tied)
+    x = _embed(b)
     for i in range(layers):
         x = _attention_block(b, i, x, "heads", "d_head")
         x = _mlp_block(b, i, x)
@@ -78,7 +78,7 @@ def gdn(
     b.dim("kernel", 4)
     if attn_every:
         _head_dims(b, "attn_heads", "attn_d_head", attn_heads, None)
-    x = _embed(b, tied)
+    x = _embed(b)
     for i in range(layers):
         if attn_every and (i + 1) % attn_every == 0:
             x = _attention_block(b, i, x, "attn_heads", "attn_d_head")
@@ -151,7 +151,7 @@ def _head_dims(b: GraphBuilder, heads: str, d_head: str, count: int, head_dim: i
         b.dim(heads, f"n/{head_dim}"), b.dim(d_head, head_dim)
 
 
-def _embed(b: GraphBuilder, tied: bool) -> str:
+def _embed(b: GraphBuilder) -> str:
     tokens = b.input("tokens", ["vocab"])
     return b.embedding("embed", tokens, ["d_model"], "embeddings.weight", std=STD)
 
