@@ -16,6 +16,7 @@ DESIDERATA = {
     "max-update": "every parameter is updated as much as possible: its own update moves its output by Theta(1)",
     "recurrence-contraction": "a delta-rule recurrence's erase operator I - beta k k^T does not expand",
     "bounded-decay": "a recurrence's decay stays O(1)",
+    "bounded-gate": "a gate's (sigmoid, exp) input stays O(1) at init and after a step: no saturation, no overflow",
 }
 
 

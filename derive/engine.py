@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sympy as sp
 
@@ -40,6 +41,15 @@ class Step:
     deps: tuple = ()
 
 
+class Binding(NamedTuple):
+    """The bound that fixed an unknown: at init or after the update, at which node, by which fact."""
+
+    phase: str
+    node: str
+    fact: str
+    deps: tuple = ()
+
+
 @dataclass
 class Unknown:
     """An exponent the desiderata solve for: a parameter's beta or rho, or a slot's s."""
@@ -53,6 +63,7 @@ class Unknown:
     upper: list = field(default_factory=list)
     solved: sp.Expr | None = None  # the extreme value the desiderata allow
     why: str = ""
+    binding: Binding | None = None  # the bound that set it (None: gauge-fixed)
 
 
 @dataclass
@@ -208,7 +219,7 @@ class Engine:
                     continue
                 limit = (bound - rest) / coef
                 why = f"{phase}: {t.text} <= {bound} at node {name}"
-                (u.upper if coef > 0 else u.lower).append((limit, why))
+                (u.upper if coef > 0 else u.lower).append((limit, why, Binding(phase, name, t.fact, t.deps)))
                 pending[u.key] = u
         for u in sorted(pending.values(), key=lambda u: u.order):
             self._solve(u)
@@ -219,23 +230,27 @@ class Engine:
             self._fix(u, ZERO, "no desideratum limits it; gauge fixed at 0")
             return
         pick = min if u.direction > 0 else max
-        value, why = pick(bounds, key=lambda b: b[0])
+        value, why, binding = pick(bounds, key=lambda b: b[0])
         other = u.lower if u.direction > 0 else u.upper
-        for limit, other_why in other:
+        for limit, other_why, _ in other:
             if (value < limit) if u.direction > 0 else (value > limit):
                 raise UnsatisfiableError(
                     f"{u.key[0]} of {u.key[1]}: the desiderata conflict: [{why}] requires "
                     f"{'<=' if u.direction > 0 else '>='} {value}, but [{other_why}] requires "
                     f"{'>=' if u.direction > 0 else '<='} {limit}"
                 )
-        self._fix(u, value, why)
+        self._fix(u, value, why, binding)
 
-    def _fix(self, u: Unknown, value, why):
-        u.solved, u.why = sp.Rational(value), why
+    def _fix(self, u: Unknown, value, why, binding: Binding | None = None):
+        u.solved, u.why, u.binding = sp.Rational(value), why, binding
         shown = self.value_of(u.key)
         if u.given is not None:
             why = f"given {u.given}; the desiderata allow at most {'+' if u.direction > 0 else ''}{value} ({why})"
-        self.steps[u.key] = Step(u.key, shown, why, "maximal: as large as the bounds allow")
+        fact, deps = "maximal: as large as the bounds allow", ()
+        if binding is not None:
+            fact += f"; the binding term: {binding.fact}"
+            deps = tuple(k for k in binding.deps if k != u.key)
+        self.steps[u.key] = Step(u.key, shown, why, fact, deps)
 
     # ---- op rules: forward -------------------------------------------------------------------------
     def _fwd_input(self, node):
@@ -318,6 +333,12 @@ class Engine:
             return [Term(xu, f"x({u})", fact, deps_x)], [Term(du, f"d({u})", fact, deps_d)]
         if fn in ("sigmoid", "exp"):
             fact = R.F_GATE.format(fn=fn)
+            size = emax([xu, du])
+            self._assume(node.name, "bounded-gate", size,
+                         f"the {fn} gate's input `{u}` (n^({xu}) at init, moves by n^({du})) must stay O(1): "
+                         + ("otherwise the sigmoid saturates and its derivative vanishes" if fn == "sigmoid"
+                            else "exp of an O(1) input is Theta(1) with a Theta(1) derivative; a growing input "
+                                 "overflows, or for a log-decay g <= 0 drives exp(g) and its gradient to 0"))
             return [Term(ZERO, "0", fact, deps_x)], [Term(emin(du, ZERO), f"min(d({u}), 0)", fact, deps_d)]
         if fn == "tanh":
             return ([Term(emin(xu, ZERO), f"min(x({u}), 0)", R.F_TANH, deps_x)],

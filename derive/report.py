@@ -8,9 +8,11 @@ import re
 from mudelta.graphs.ir import suggest
 
 from .api import Derivation, power
+from .rules import NEG_INF
 from .desiderata import DESIDERATA
 
 _LAYER = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_NODE_LAYER = re.compile(r"\bl(\d+)_")
 
 
 def _rows(d: Derivation, collapse: bool):
@@ -81,6 +83,79 @@ def to_json(d: Derivation) -> str:
     return json.dumps(d.to_dict(), indent=2)
 
 
+def short_fact(fact: str) -> str:
+    """The fact behind a bound in a few words, for one-line reasons."""
+    dims = re.search(r"over (\([^)]*\))", fact)
+    over = f" over {dims.group(1)}" if dims else ""
+    for start, words in (("contraction over", None), ("the update Delta W", f"Delta W . x: LLN{over}"),
+                         ("Delta x has a component", f"W . Delta x{over}"),
+                         ("the change of one factor", f"correlated change{over}"),
+                         ("normalisation", f"normalised{over}"), ("L2 normalisation", f"L2-normalised{over}"),
+                         ("a parameter's entries", "its own entries")):
+        if fact.startswith(start):
+            if words is None:
+                return ("LLN" if "correlated" in fact else "CLT") + over
+            return words
+    return fact.split(":")[0]
+
+
+def reasons(d: Derivation, param: str, collapse: bool = False) -> tuple[str, str]:
+    """One line each on why `param` gets its init (a + b) and its learning rate: the bound that set it."""
+    e = d.engine
+
+    def why(kind, verb_init, verb_update):
+        u = e.unknowns.get((kind, param))
+        if u is None or u.binding is None:
+            return "nothing bounds it (gauge 0)"
+        b = u.binding
+        verb = verb_init if b.phase == "init" else verb_update
+        return f"{verb.format(node=f'`{b.node}`')} ({short_fact(b.fact)})"
+
+    init = why("beta", "largest init keeping {node} at its scale", "largest init keeping {node}'s change bounded")
+    lr = why("rho", "largest update keeping {node} bounded", "largest update keeping {node}'s change bounded")
+    rule = d.param(param)
+    if d.optimizer.grad_coef and rule.grad is not NEG_INF:
+        lr += f"; gradient n^({rule.grad}) during training"
+    return (collapse_layers(init), collapse_layers(lr)) if collapse else (init, lr)
+
+
+def slot_reason(d: Derivation, slot: str) -> str:
+    """Why a multiplier slot got its exponent: the node it keeps in bounds and the size of what it scales."""
+    e = d.engine
+    u = e.unknowns.get(("s", slot))
+    if u is None:
+        return "fixed in the spec"
+    if u.binding is None:
+        return "nothing bounds it (gauge 0)"
+    node = d.graph.nodes[u.binding.node]
+    src = node.inputs[0] if node.op == "scale" else u.binding.node
+    kind, when = ("x", "at init") if u.binding.phase == "init" else ("d", "after one step")
+    step = e.steps[(kind, src)]
+    return (f"largest multiplier keeping `{u.binding.node}` at its scale: `{src}` is n^({step.value}) {when} "
+            f"({short_fact(step.fact)})")
+
+
+def collapse_layers(text: str) -> str:
+    """Layer indices replaced by `*`: `layers.3.attn` -> `layers.*.attn`, node `l3_q` -> `l*_q`."""
+    return _LAYER.sub("*", _NODE_LAYER.sub("l*_", text))
+
+
+def violation_groups(d: Derivation, collapse: bool = True) -> list[tuple[str, str, list[str]]]:
+    """(desideratum, exponent, nodes): each node (layers merged as l*_x) with its worst exponent over the
+    layers, nodes that fail by the same exponent together, worst first."""
+    worst: dict[tuple, object] = {}
+    for v in d.violations:
+        node = collapse_layers(v.node) if collapse else v.node
+        key = (v.desideratum, node)
+        if key not in worst or abs(v.exponent) > abs(worst[key]):
+            worst[key] = v.exponent
+    groups: dict[tuple, list[str]] = {}
+    for (kind, node), e in worst.items():
+        groups.setdefault((kind, e), []).append(node)
+    order = sorted(groups, key=lambda k: (list(DESIDERATA).index(k[0]), -abs(float(k[1]))))
+    return [(k[0], str(k[1]), groups[k]) for k in order]
+
+
 def _title(d: Derivation) -> str:
     return (f"{d.spec}: {d.parametrization} under {d.optimizer.name} "
             f"(convention {d.convention}; n = width, rules relative to a base width)")
@@ -91,8 +166,8 @@ def _tail(d: Derivation) -> list[str]:
     if d.slots:
         out += ["", "forward multipliers: " + ", ".join(f"{s} = {power(v)}" for s, v in d.slots.items())]
     if d.violations:
-        out += ["", f"desiderata that fail ({len(d.violations)}):"]
-        out += [f"  - {v.desideratum}: {v.message}" for v in d.violations]
+        out += ["", f"desiderata that fail ({len(d.violations)}; exponent of n by which each is off):"]
+        out += [f"  - {k} n^({e}): {', '.join(nodes)}" for k, e, nodes in violation_groups(d)]
     else:
         out += ["", "all desiderata hold: " + "; ".join(DESIDERATA[k] for k in ("init-bounded", "update-bounded",
                                                                               "feature-learning", "max-update"))]
@@ -106,7 +181,11 @@ def explain(d: Derivation, param: str, depth: int | None = None) -> str:
         raise KeyError(f"no parameter {param!r} in {d.spec}{suggest(param, names)}")
     rule = d.param(param)
     steps = d.engine.steps
-    roots = [("beta", param), ("rho", param), ("lr", param)]
+    roots = [("beta", param), ("rho", param), ("lr", param), ("pgrad1", param)]
+    for key in (("beta", param), ("rho", param)):  # the node whose bound set the rule: its size and change
+        u = d.engine.unknowns.get(key)
+        if u is not None and u.binding is not None:
+            roots += [("x", u.binding.node), ("d", u.binding.node)]
     order, seen = [], set()
 
     def visit(key, level):

@@ -46,6 +46,21 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from pathlib import Path
+
+    from mudelta.runtime.docs import write
+
+    stale = write(Path(args.dir), check=args.check)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {path}")
+    if args.check and stale:
+        print("mudelta: error: the documents disagree with the tool; run `mudelta docs` to regenerate",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in PRESETS:
         opts = ", ".join(f"{k}={v}" for k, v in options(name).items())
@@ -78,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("param", help="parameter name, e.g. layers.0.attn.a_proj.weight")
     p.add_argument("--depth", type=int, default=None, help="follow dependencies this many levels only")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output")
+    p.add_argument("--dir", default="docs", help="output folder (default: docs)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document is out of date")
+    p.set_defaults(func=cmd_docs)
     p = sub.add_parser("presets", help="list the builtin presets and their options")
     p.set_defaults(func=cmd_presets)
     return parser
