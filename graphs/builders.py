@@ -11,7 +11,7 @@ STD = "0.02"  # initializer_range of the reference implementations, used by `--p
 def mlp(layers: int = 3, d_in: int = 32, classes: int = 10, bias: bool = False, act: str = "relu") -> Graph:
     """An MLP classifier: d_in (finite) -> `layers` hidden layers of width n -> classes (finite)."""
     _check_positive(layers=layers, d_in=d_in, classes=classes)
-    b = GraphBuilder("mlp")
+    b = GraphBuilder("mlp", meta={"family": "mlp", "layers": layers, "bias": bias, "act": act})
     b.dim("d_in", d_in), b.dim("width", "n"), b.dim("classes", classes)
     h = b.input("x", ["d_in"], kind="features")
     for i in range(layers):
@@ -33,7 +33,8 @@ def transformer(
     """Pre-RMSNorm decoder: causal attention + SwiGLU MLP. With `head_dim` unset the head count is
     fixed and the head dim grows with width (d_model / heads); with it set, heads grow instead."""
     _check_positive(layers=layers, vocab=vocab, heads=heads)
-    b = GraphBuilder("transformer")
+    b = GraphBuilder("transformer", meta={"family": "lm", "layers": layers, "vocab": vocab, "tied": tied,
+                                          "attn_every": 1, "attn_dims": ("heads", "d_head")})
     _lm_dims(b, vocab, ffn_mult)
     _head_dims(b, "heads", "d_head", heads, head_dim)
     x = _embed(b)
@@ -69,7 +70,9 @@ def gdn(
         raise SpecError(f"gdn: regime must be 'head_dim' or 'heads', not {regime!r}")
     if attn_every < 0:
         raise SpecError(f"gdn: attn_every must be >= 0, got {attn_every}")
-    b = GraphBuilder("gdn")
+    b = GraphBuilder("gdn", meta={"family": "lm", "layers": layers, "vocab": vocab, "tied": tied, "conv": conv,
+                                  "gate": gate, "allow_neg_eigval": allow_neg_eigval, "attn_every": attn_every,
+                                  "attn_dims": ("attn_heads", "attn_d_head")})
     _lm_dims(b, vocab, ffn_mult)
     if regime == "head_dim":
         b.dim("heads", heads), b.dim("d_k", "n/8"), b.dim("d_v", "n/4")

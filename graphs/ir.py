@@ -140,8 +140,10 @@ class Node:
 class Graph:
     """A validated computation graph. Build it with GraphBuilder (Python) or `load_spec` (YAML)."""
 
-    def __init__(self, name: str, dims: dict[str, Dim], params: dict[str, Param], nodes: dict[str, Node]):
+    def __init__(self, name: str, dims: dict[str, Dim], params: dict[str, Param], nodes: dict[str, Node],
+                 meta: dict | None = None):
         self.name = name
+        self.meta = dict(meta or {})  # builders record {"family": ..., options}: what codegen renders
         self.dims = dims
         self.params = params
         self.nodes = nodes
@@ -177,8 +179,9 @@ class Graph:
 class GraphBuilder:
     """Adds typed ops one at a time, checking names, dims and inputs as it goes."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, meta: dict | None = None):
         self.name = check_identifier(name.replace("-", "_"), "graph")
+        self.meta = meta
         self.dims: dict[str, Dim] = {}
         self.params: dict[str, Param] = {}
         self.nodes: dict[str, Node] = {}
@@ -414,7 +417,7 @@ class GraphBuilder:
 
     def build(self) -> Graph:
         self.where = None
-        return Graph(self.name, self.dims, self.params, self.nodes)
+        return Graph(self.name, self.dims, self.params, self.nodes, self.meta)
 
 
 def suggest(name: str, options) -> str:

@@ -46,6 +46,26 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_codegen(args) -> int:
+    from pathlib import Path
+
+    from mudelta.codegen import generate
+
+    graph = load(args.spec, _overrides(args.set))
+    command = "mudelta " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    source = generate(graph, args.optimizer, args.parametrization, args.base_width, args.convention, command)
+    if args.output == "-":
+        print(source, end="")
+    else:
+        out = Path(args.output)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(source)
+        tmp.replace(out)  # atomic: a failed run never leaves half a file
+        print(f"wrote {out} ({graph.name}, {args.parametrization} under {args.optimizer}, base width "
+              f"{args.base_width})")
+    return 0
+
+
 def cmd_docs(args) -> int:
     from pathlib import Path
 
@@ -93,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("param", help="parameter name, e.g. layers.0.attn.a_proj.weight")
     p.add_argument("--depth", type=int, default=None, help="follow dependencies this many levels only")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("codegen", help="render a runnable PyTorch model module with the rules baked in")
+    _common(p)
+    p.add_argument("-o", "--output", default="-", help="output .py file (default: stdout)")
+    p.add_argument("--base-width", type=int, default=256, help="width at which every rule is 1 (default 256)")
+    p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_codegen)
     p = sub.add_parser("docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output")
     p.add_argument("--dir", default="docs", help="output folder (default: docs)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document is out of date")

@@ -1,0 +1,139 @@
+"""Render a runnable PyTorch model module from a graph and its derived rules (Jinja2 templates)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import jinja2
+import sympy as sp
+
+from mudelta.derive import derive, report
+from mudelta.derive.api import Derivation, power
+from mudelta.graphs.ir import Graph, SpecError, check_identifier
+
+TEMPLATES = Path(__file__).parent / "templates"
+MODEL_CLASSES = {"gdn": "GatedDeltaNetForCausalLM", "transformer": "TransformerForCausalLM", "mlp": "MLPClassifier"}
+# parameters whose module applies a forward multiplier m**-a; every other parameter must have a = 0
+_MULTIPLIED = ("_proj.weight", "_proj.bias", "lm_head.weight", "embeddings.weight", "readout.weight",
+               "readout.bias")
+_CUSTOM_INITS = {"A_log": "a_log", "dt_bias": "dt_bias"}
+
+
+class CodegenError(ValueError):
+    """The graph or its rules cannot be rendered into a model."""
+
+
+def _py(value) -> str:
+    """A Python literal for a validated value: rationals as exact fractions, bools, ints, floats, strings."""
+    if isinstance(value, (bool, int, float, str, tuple)) and not isinstance(value, sp.Basic):
+        return repr(value)
+    r = sp.Rational(value)
+    return str(r.p) if r.q == 1 else f"{r.p}/{r.q}"
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
+    env.filters["pyrepr"] = _py
+    return env
+
+
+def _rules(graph: Graph, d: Derivation) -> list[dict]:
+    by_key: dict[str, dict] = {}
+    exact = []
+    for r in d.params:
+        p = graph.params[r.name]
+        check_identifier(r.name, "parameter", dotted=True)
+        if r.a != 0 and not r.name.endswith(_MULTIPLIED):
+            raise CodegenError(f"parameter {r.name!r} needs a forward multiplier n**({-r.a}), which its module "
+                               "does not apply; use --convention tp5")
+        if p.init == "custom":
+            kind = next((v for k, v in _CUSTOM_INITS.items() if r.name.endswith(k)), None)
+            if kind is None:
+                raise CodegenError(f"parameter {r.name!r} has a custom init that codegen does not know")
+        else:
+            kind = p.init
+        if kind != "normal" and r.b != 0:
+            raise CodegenError(f"parameter {r.name!r} ({kind} init) would need an init scale n**({-r.b})")
+        std = _py(float(p.std)) if p.std is not None else _py(tuple(p.fan_in))
+        rule = {"a": _py(r.a), "b": _py(r.b), "c": _py(r.c), "init": kind, "std": std, "decay": kind == "normal",
+                "comment": f"{r.category}: init std * {power(-r.b)}, lr * {power(-r.c)}"
+                           + (f", multiplier {power(-r.a)}" if r.a else "")}
+        key = report.collapse_layers(r.name)
+        seen = by_key.setdefault(key, rule)
+        if {k: v for k, v in seen.items() if k != "key"} != rule:
+            exact.append({**rule, "key": r.name})  # this layer's rule differs from the pattern's
+        seen["key"] = key
+    return list(by_key.values()) + exact
+
+
+def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup", base_width: int = 256,
+             convention: str = "tp5", command: str | None = None) -> str:
+    """The source of one self-contained model module (formatted with ruff when it is installed)."""
+    family = graph.meta.get("family")
+    if family is None or graph.name not in MODEL_CLASSES:
+        raise CodegenError(f"graph {graph.name!r} has no model family codegen can render; use a builtin preset "
+                           f"({', '.join(MODEL_CLASSES)}) or one of its --set variants")
+    if not isinstance(base_width, int) or base_width <= 0:
+        raise CodegenError(f"base width must be a positive integer, got {base_width!r}")
+    d = derive(graph, optimizer, parametrization, convention)
+    if parametrization == "mup" and d.violations:
+        raise CodegenError(f"the derived rules violate {d.violations[0].desideratum}: {d.violations[0].message}")
+    for name in graph.dims:
+        check_identifier(name, "dim")
+    slots = []
+    for name, exponent in d.slots.items():
+        check_identifier(name, "multiplier slot", dotted=True)
+        why = report.collapse_layers(report.slot_reason(d, name)).replace("`", "")
+        slots.append({"name": name, "exponent": _py(exponent), "comment": textwrap.wrap(why, 80)})
+    dims = [{"name": n, "coef": _py(dim.coef), "exponent": _py(dim.exponent)} for n, dim in graph.dims.items()]
+    meta = dict(graph.meta)
+    every = meta.get("attn_every", 0)
+    attn_layers = bool(every) and meta["layers"] >= every
+    flags = "" if optimizer == "adamw" else f" --optimizer {optimizer}"
+    context = {
+        "title": f"{MODEL_CLASSES[graph.name]} ({graph.name})",
+        "command": "\n    ".join(textwrap.wrap(command or f"mudelta codegen {graph.name} --optimizer {optimizer} "
+                                   f"--parametrization {parametrization} --base-width {base_width}", 80,
+                                   break_on_hyphens=False, break_long_words=False)),
+        "spec": graph.name, "explain_flags": flags, "optimizer": optimizer, "parametrization": parametrization,
+        "convention": convention, "base_width": base_width, "rules": _rules(graph, d), "slots": slots,
+        "dims": dims, "meta": meta, "model_class": MODEL_CLASSES[graph.name],
+        "attn_layers": attn_layers, "gdn_layers": graph.name == "gdn" and (not every or every > 1),
+        "attn_dims": meta.get("attn_dims", ()),
+    }
+    template = "mlp.py.j2" if family == "mlp" else "lm.py.j2"
+    return _format(_env().get_template(template).render(**context))
+
+
+def _format(source: str) -> str:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        return source
+    out = subprocess.run([ruff, "format", "--isolated", "--stdin-filename", "model.py", "-"], input=source,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise CodegenError(f"generated code does not parse (a template bug):\n{out.stderr}")
+    return out.stdout
+
+
+def load_module(source: str | Path, name: str = "mudelta_generated"):
+    """Import a generated module from its source text or a file path."""
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".py")):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no generated model at {path}")
+    else:
+        path = Path(tempfile.mkdtemp(prefix="mudelta_")) / f"{name}.py"
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,165 @@
+"""Generated models: lint-clean, import and train on CPU, match the graph, and apply the rules exactly."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mudelta.codegen import CodegenError, generate, load_module
+from mudelta.graphs.ir import SpecError
+from mudelta.graphs.presets import load
+from mudelta.runtime.cli import main
+
+CASES = {
+    "mlp": ("mlp", {"layers": "3", "bias": "true"}),
+    "transformer": ("transformer", {"layers": "2"}),
+    "gdn": ("gdn", {"layers": "2", "vocab": "256"}),
+    "gdn-heads": ("gdn", {"layers": "2", "vocab": "256", "regime": "heads", "d_k": "8", "d_v": "16",
+                          "tied": "false"}),
+    "gdn-hybrid": ("gdn-hybrid", {"layers": "4", "vocab": "256", "attn_every": "2"}),
+}
+BASE = 64
+RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+
+
+def build(module, width, seed=0, **cfg):
+    torch.manual_seed(seed)
+    model_cls = next(getattr(module, n) for n in ("GatedDeltaNetForCausalLM", "TransformerForCausalLM",
+                                                   "MLPClassifier") if hasattr(module, n))
+    return model_cls(module.Config(width=width, **cfg))
+
+
+def batch(module, model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if hasattr(module.Config, "vocab"):
+        idx = torch.randint(0, model.cfg.vocab, (2, 24), generator=g)
+        return idx[:, :-1], idx[:, 1:]
+    d_in, classes = model.cfg.size("d_in"), model.cfg.size("classes")
+    return torch.randn(8, d_in, generator=g), torch.randint(0, classes, (8,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def sources():
+    out = {}
+    for case, (spec, opts) in CASES.items():
+        graph = load(spec, opts)
+        for par in ("mup", "sp"):
+            out[case, par] = (graph, generate(graph, "adamw", par, base_width=BASE))
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generated_model_is_lint_clean(case, sources, tmp_path):
+    if not Path(RUFF).exists():
+        pytest.skip("ruff not installed")
+    path = tmp_path / "model.py"
+    path.write_text(sources[case, "mup"][1])
+    for cmd in (["check", "--isolated", "--select", "E,F,W,I,B,UP"], ["format", "--isolated", "--check"]):
+        res = subprocess.run([RUFF, *cmd, str(path)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generated_model_matches_graph_and_trains(case, sources):
+    graph, src = sources[case, "mup"]
+    module = load_module(src, f"gen_{case.replace('-', '_')}")
+    for width in (BASE, 2 * BASE):
+        model = build(module, width)
+        assert {n for n, _ in model.named_parameters()} == set(graph.params)
+        x, y = batch(module, model)
+        opt = torch.optim.AdamW(model.param_groups(1e-2, weight_decay=0.1))
+        losses = []
+        for _ in range(3):
+            module.TAPS = {}
+            _, loss = model(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        assert all(torch.isfinite(torch.tensor(losses)))
+        # every graph node with a value is recorded under its own name
+        values = {n for n, node in graph.nodes.items() if node.op not in ("input", "cross_entropy")}
+        assert set(module.TAPS) == values
+    module.TAPS = None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mup_and_sp_coincide_at_the_base_width(case, sources):
+    outs = {}
+    for par in ("mup", "sp"):
+        module = load_module(sources[case, par][1], f"gen_{case.replace('-', '_')}_{par}")
+        model = build(module, BASE)
+        outs[par] = model(batch(module, model)[0])[0]
+        if par == "mup":  # and differ away from it
+            wide = build(module, 4 * BASE)
+            mup_wide = wide(batch(module, wide)[0])[0]
+        else:
+            wide = build(module, 4 * BASE)
+            sp_wide = wide(batch(module, wide)[0])[0]
+    torch.testing.assert_close(outs["mup"], outs["sp"], rtol=0, atol=0)
+    assert not torch.allclose(mup_wide, sp_wide)
+
+
+@pytest.mark.parametrize("case", ["mlp", "gdn", "transformer"])
+def test_two_conventions_are_the_same_model(case):
+    """TP5 Table 3 (no multipliers) and the mup package's convention (readout multipliers): same logits at
+    init and the same losses for 3 AdamW steps, in float64, away from the base width."""
+    spec, opts = CASES[case]
+    graph = load(spec, opts)
+    torch.set_default_dtype(torch.float64)
+    try:
+        losses = {}
+        for conv in ("tp5", "mup"):
+            module = load_module(generate(graph, "adamw", "mup", BASE, conv), f"conv_{case}_{conv}")
+            model = build(module, 4 * BASE)
+            x, y = batch(module, model)
+            opt = torch.optim.AdamW(model.param_groups(3e-3, weight_decay=0.1))
+            run = []
+            for _ in range(4):
+                logits, loss = model(x, y)
+                run.append((logits.detach(), loss.item()))
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+            losses[conv] = run
+        (l3, _), (l8, _) = losses["tp5"][0], losses["mup"][0]
+        torch.testing.assert_close(l3, l8, rtol=1e-10, atol=1e-12)
+        for (_, a), (_, b) in zip(losses["tp5"], losses["mup"]):
+            assert abs(a - b) < 1e-10 * abs(a), (a, b)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_bad_names_never_reach_generated_code(tmp_path):
+    spec = tmp_path / "evil.yaml"
+    spec.write_text("name: 'x); import os  #'\ndims: {width: n}\nnodes: []\n")
+    with pytest.raises(SpecError, match="invalid graph name"):
+        load(str(spec))
+    spec.write_text(
+        "dims: {d: n, c: 10}\nnodes:\n  - {name: x, op: input, dims: [c]}\n"
+        "  - {name: h, op: linear, in: x, out: [d], param: 'w); import os  #'}\n"
+    )
+    with pytest.raises(SpecError, match="invalid"):
+        load(str(spec))
+
+
+def test_specs_without_a_family_are_refused(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "dims: {d_in: 8, width: n, classes: 4}\nnodes:\n  - {name: x, op: input, dims: [d_in]}\n"
+        "  - {name: h, op: linear, in: x, out: [width], param: w1}\n"
+        "  - {name: logits, op: linear, in: h, out: [classes], param: w2}\n"
+        "  - {name: loss, op: cross_entropy, in: logits}\n"
+    )
+    with pytest.raises(CodegenError, match="no model family"):
+        generate(load(str(spec)))
+
+
+def test_cli_writes_the_file(tmp_path, capsys):
+    out = tmp_path / "gdn_model.py"
+    assert main(["codegen", "gdn", "--set", "layers=1", "--set", "vocab=256", "-o", str(out)]) == 0
+    assert "GatedDeltaNetForCausalLM" in out.read_text() and "wrote" in capsys.readouterr().out
+    assert main(["codegen", "gdn", "--set", "layerz=1"]) == 2
