@@ -66,6 +66,26 @@ def cmd_codegen(args) -> int:
     return 0
 
 
+def cmd_coord_check(args) -> int:
+    import json
+
+    from mudelta.runtime import coord
+
+    widths = [int(w) for w in args.widths.split(",")]
+    result = coord.coord_check(args.spec, _overrides(args.set), widths, args.steps, args.optimizer,
+                               args.parametrization, args.lr, args.seeds, progress=args.format == "table")
+    png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
+    if png != "none":
+        coord.plot(result, png)
+    if args.format == "json":
+        print(json.dumps(coord.to_json(result), indent=1))
+    else:
+        print(coord.table(result, failures_only=args.failures))
+        if png != "none":
+            print(f"plot: {png}")
+    return 0 if all(n.passed for n in result["nodes"]) else 1
+
+
 def cmd_docs(args) -> int:
     from pathlib import Path
 
@@ -119,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-width", type=int, default=256, help="width at which every rule is 1 (default 256)")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_codegen)
+    p = sub.add_parser("coord-check", help="measure coordinate sizes vs width and compare with the derivation")
+    _common(p)
+    p.add_argument("--widths", default="64,128,256,512,1024", help="comma-separated widths; the first is the base")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps after init (default 3)")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: per optimizer)")
+    p.add_argument("--seeds", type=int, default=1, help="models per width, rms averaged (geometric mean)")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")
+    p.add_argument("--plot", default=None, help="PNG path (default coord_SPEC_PAR_OPT.png; 'none' to skip)")
+    p.set_defaults(func=cmd_coord_check)
     p = sub.add_parser("docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output")
     p.add_argument("--dir", default="docs", help="output folder (default: docs)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document is out of date")

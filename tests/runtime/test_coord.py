@@ -1,0 +1,48 @@
+"""The coordinate check: predictions from the engine against slopes measured on generated models."""
+
+import json
+
+import pytest
+
+from mudelta.runtime import coord
+from mudelta.runtime.cli import main
+
+
+def test_mlp_mup_passes_every_node():
+    r = coord.coord_check("mlp", {}, widths=(64, 128, 256, 512, 1024), steps=3, optimizer="adamw",
+                          progress=False)
+    failed = [(n.name, n.step, n.predicted, round(n.measured, 3)) for n in r["nodes"] if not n.passed]
+    assert failed == []
+    # init, and the change after each of the 3 steps, for every hidden node and the logits
+    assert {n.step for n in r["nodes"]} == {0, 1, 2, 3}
+    assert {n.name for n in r["nodes"]} == {"h0", "a0", "h1", "a1", "h2", "a2", "logits"}
+
+
+def test_sp_blow_up_is_predicted_for_the_mlp():
+    # SP (fan-in init, one LR): after an Adam step the hidden pre-activations move by n^1 (TP4/TP5). Two
+    # terms compete (Delta W x ~ n, W Delta x ~ n^1/2): the n^1 one wins clearly from width 256 on.
+    r = coord.coord_check("mlp", {}, widths=(256, 512, 1024, 2048, 4096), steps=1, optimizer="adamw",
+                          parametrization="sp", lr=1e-4, progress=False)
+    by = {(n.name, n.step): n for n in r["nodes"]}
+    assert by["h1", 1].predicted == 1 and by["h1", 1].passed
+    assert by["a1", 1].predicted == 1 and by["a1", 1].passed
+    assert all(by[f"h{i}", 0].passed for i in range(3))  # fan-in init keeps every layer Theta(1) at init
+
+
+def test_cli_json_and_plot(tmp_path, capsys):
+    png = tmp_path / "cc.png"
+    code = main(["coord-check", "mlp", "--widths", "32,64,128", "--steps", "1", "--format", "json",
+                 "--plot", str(png)])
+    data = json.loads(capsys.readouterr().out)
+    assert {"spec", "optimizer", "parametrization", "widths", "nodes"} <= set(data)
+    assert data["widths"] == [32, 64, 128]
+    node = data["nodes"][0]
+    assert {"name", "step", "predicted", "measured", "pass"} <= set(node)
+    assert isinstance(node["predicted"], float) and isinstance(node["measured"], float)
+    assert code == (0 if all(n["pass"] for n in data["nodes"]) else 1)
+    assert png.stat().st_size > 1000
+
+
+def test_bad_widths():
+    with pytest.raises(ValueError, match="at least two widths"):
+        coord.coord_check("mlp", {}, widths=(64,), progress=False)
