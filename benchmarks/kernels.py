@@ -59,6 +59,7 @@ def run_checks(results, skip_fp32=False):
         ("beta1_bf16", (2, 2048, 16, 128, 128), torch.bfloat16, "beta1", {}),
         ("odd_T_l2norm_bf16", (3, 1000, 8, 128, 128), torch.bfloat16, "normal", {"l2norm": True}),
         ("small_dims_bf16", (2, 777, 4, 64, 96), torch.bfloat16, "normal", {}),
+        ("v32_bf16", (2, 1000, 4, 64, 32), torch.bfloat16, "normal", {}),
         ("fp16", (2, 2048, 16, 128, 128), torch.float16, "normal", {}),
         ("fp32", (1, 300, 4, 128, 128), torch.float32, "normal", {}),
     ]
@@ -201,7 +202,7 @@ def load_fla():
         return None, None, None
 
 
-def run_bench(results):
+def run_bench(results, shapes=SHAPES):
     from triton.testing import do_bench
 
     mm, bw = measure_ceilings()
@@ -214,7 +215,7 @@ def run_bench(results):
     def bench(fn):
         return do_bench(fn, warmup=100, rep=500, return_mode="median")
 
-    for B, T, H, K, V in SHAPES:
+    for B, T, H, K, V in shapes:
         torch.manual_seed(0)
         inp = make_inputs(B, T, H, K, V, torch.bfloat16, device="cuda", h0=False)
         q, k, v, g, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
@@ -295,13 +296,14 @@ def run_bench(results):
     results["bench"] = rows
 
 
-TUNE = {
-    "prepare": [(64, 4, 1), (64, 8, 1), (128, 8, 1)],
-    "state": [(64, 4, 2), (32, 4, 2), (32, 4, 1), (64, 8, 2), (64, 4, 3)],
-    "output": [(64, 4, 2), (128, 8, 2), (64, 8, 2), (32, 4, 2)],
-    "bwd_state": [(64, 4, 1), (32, 4, 1), (32, 4, 2), (64, 8, 1)],
-    "bwd_dqk": [(64, 8, 1), (32, 8, 1), (64, 4, 1), (32, 4, 1), (64, 8, 2)],
-    "bwd_wy": [(64, 4, 1), (32, 4, 1), (64, 8, 1), (128, 8, 1)],
+TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles once
+    # prepare, state, output and bwd_state always run with BV = 64 (FIXED_BV in triton_gdn)
+    "prepare": [(64, 4, 1), (64, 2, 1), (64, 4, 2)],
+    "state": [(64, 4, 2), (64, 4, 3), (64, 8, 2)],
+    "output": [(64, 4, 2), (64, 4, 3), (64, 4, 1)],
+    "bwd_state": [(64, 4, 1), (64, 8, 1)],
+    "bwd_dqk": [(32, 8, 1), (64, 8, 1), (64, 4, 1), (128, 8, 1)],
+    "bwd_wy": [(64, 8, 1), (64, 4, 1), (128, 8, 1), (32, 4, 1)],
     "decode": [(32, 4, 1), (16, 2, 1), (64, 4, 1), (32, 2, 1), (16, 4, 1)],
 }
 
@@ -332,20 +334,29 @@ def run_tune(results, only=None):
 
     timer = {"prepare": fwd, "state": fwd, "output": fwd, "decode": dec}
     log_rows = []
-    for prec in ("tf32x3", "tf32"):  # precision of the small dots inverting I + A (accuracy checked after)
+    for prec in ("tf32", "fp16"):  # precision of the small dots inverting I + A (accuracy checked after)
         triton_gdn.PREC_INV_LOWP = prec
         ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
         log(f"tune prec_inv {prec}: fwd {ms:.3f} ms")
         log_rows.append({"kernel": "prec_inv", "prec": prec, "ms": ms})
     best_prec = min((r for r in log_rows if r["kernel"] == "prec_inv"), key=lambda r: r["ms"])
     triton_gdn.PREC_INV_LOWP = best_prec["prec"]
+    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or in tf32
+        for lowp in (True, False):
+            triton_gdn.CONFIG["state"]["lowp"] = lowp
+            ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+            log(f"tune state lowp={lowp}: fwd {ms:.3f} ms")
+            log_rows.append({"kernel": "state_lowp", "lowp": lowp, "ms": ms})
+        best = min((r for r in log_rows if r["kernel"] == "state_lowp"), key=lambda r: r["ms"])
+        triton_gdn.CONFIG["state"]["lowp"] = best["lowp"]
     for name, cands in TUNE.items():
         if only and name not in only:
             continue
         f = timer.get(name, fwdbwd)
         best = None
         for bv, nw, ns in cands:
-            triton_gdn.CONFIG[name] = dict(BV=bv, num_warps=nw, num_stages=ns)
+            extra = {k: v for k, v in triton_gdn.CONFIG[name].items() if k == "lowp"}
+            triton_gdn.CONFIG[name] = dict(BV=bv, num_warps=nw, num_stages=ns, **extra)
             try:
                 ms = do_bench(f, warmup=25, rep=100, return_mode="median")
             except Exception as e:
@@ -355,7 +366,7 @@ def run_tune(results, only=None):
             log(f"tune {name:10s} BV={bv:3d} warps={nw} stages={ns}: {ms:.3f} ms")
             if best is None or ms < best[0]:
                 best = (ms, bv, nw, ns)
-        triton_gdn.CONFIG[name] = dict(BV=best[1], num_warps=best[2], num_stages=best[3])
+        triton_gdn.CONFIG[name] = dict(BV=best[1], num_warps=best[2], num_stages=best[3], **extra)
     results["tune"] = log_rows
     results["config"] = {k: dict(v) for k, v in triton_gdn.CONFIG.items()}
     results["prec_inv"] = triton_gdn.PREC_INV_LOWP
@@ -445,6 +456,8 @@ def main():
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--tune", nargs="*", default=None, help="kernels to tune (none listed: all)")
+    ap.add_argument("--config-from", default=None, help="kernels.json of a --tune run: use its config")
+    ap.add_argument("--shapes", type=int, nargs="*", default=None, help="indices into SHAPES to time")
     ap.add_argument("--skip-fp32", action="store_true", help="skip the float32 check (slow to compile)")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = ap.parse_args()
@@ -456,12 +469,18 @@ def main():
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if args.config_from and os.path.exists(args.config_from):
+        prev = json.load(open(args.config_from))
+        for name, c in prev.get("config", {}).items():
+            triton_gdn.CONFIG[name] = dict(c)
+        triton_gdn.PREC_INV_LOWP = prev.get("prec_inv", triton_gdn.PREC_INV_LOWP)
+        log("config from", args.config_from, json.dumps(triton_gdn.CONFIG), triton_gdn.PREC_INV_LOWP)
     ok = True
-    try:  # pre-flight: fall back to ieee for the inverse if this Triton rejects tf32x3
+    try:  # pre-flight: fall back to ieee for the inverse if this Triton rejects the configured precision
         t = make_inputs(1, 100, 2, 128, 128, torch.bfloat16, device="cuda")
         chunk_gated_delta_rule(*(t[n] for n in ("q", "k", "v", "g", "beta")))
     except Exception as e:
-        log(f"pre-flight failed with tf32x3 ({e!r}); using ieee for the inverse")
+        log(f"pre-flight failed with {triton_gdn.PREC_INV_LOWP} ({e!r}); using ieee for the inverse")
         triton_gdn.PREC_INV_LOWP = "ieee"
     results["prec_inv"] = triton_gdn.PREC_INV_LOWP
     try:
@@ -471,7 +490,7 @@ def main():
         if args.check:
             ok = run_checks(results, skip_fp32=args.skip_fp32)
         if args.bench:
-            run_bench(results)
+            run_bench(results, SHAPES if args.shapes is None else [SHAPES[i] for i in args.shapes])
         if args.profile:
             profile(results)
     finally:

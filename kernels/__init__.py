@@ -34,6 +34,19 @@ def _use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
+def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens):
+    """Validate the inputs (check_inputs) and resolve the default scale K^-0.5."""
+    K = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)[3]
+    return K**-0.5 if scale is None else float(scale)
+
+
+def _triton_call(fn, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, l2):
+    """Normalise q and k if asked, then call one of the Triton entry points of triton_gdn."""
+    if l2:
+        q, k = l2norm(q), l2norm(k)
+    return fn(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -50,19 +63,13 @@ def chunk_gated_delta_rule(
 
     Returns (o [B, T, H, V] in v's dtype, final state [N, H, K, V] float32 or None).
     """
-    B, T, H, K, V, N = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
-    scale = K**-0.5 if scale is None else float(scale)
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
+    args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     if not _use_triton(q):
-        return chunk_gated_delta_rule_torch(
-            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel
-        )
+        return chunk_gated_delta_rule_torch(*args)
     from .triton_gdn import chunk_gated_delta_rule_triton
 
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
-    return chunk_gated_delta_rule_triton(
-        q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens
-    )
+    return _triton_call(chunk_gated_delta_rule_triton, *args)
 
 
 def fused_recurrent_gated_delta_rule(
@@ -82,17 +89,13 @@ def fused_recurrent_gated_delta_rule(
     The Triton decode kernel is forward-only; when any input needs a gradient the call goes through the
     chunked path, which computes the same function with autograd.
     """
-    B, T, H, K, V, N = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
-    scale = K**-0.5 if scale is None else float(scale)
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
+    args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)
     )
     if not _use_triton(q) or needs_grad:
-        return chunk_gated_delta_rule(
-            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel
-        )
+        return chunk_gated_delta_rule(*args)
     from .triton_gdn import fused_recurrent_triton
 
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
-    return fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+    return _triton_call(fused_recurrent_triton, *args)

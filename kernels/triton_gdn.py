@@ -28,10 +28,16 @@ import triton
 import triton.language as tl
 
 BT = 64  # chunk size
-# intermediates (W, U~, per-chunk states, new values and their gradients) are kept in float32 and multiplied
-# in tf32 (ieee for float32 inputs): rounding them to bf16 costs ~0.002 relative error each, which adds up
-# past the 0.005 budget of the output.
-INTER = torch.float32
+# Intermediates stored between kernels (T, W, U~, per-chunk states, new values, their gradients) are bf16
+# for bf16 inputs and float32 (tf32/ieee products) for fp16/fp32 inputs. The forward state recurrence and the
+# backward gradient-state recurrence are carried in float32 registers either way; only what is stored for
+# other kernels is rounded. Error budget: benchmarks/NOTES.md (v4).
+
+
+def _inter(dtype):
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
 # checks set this to fill every buffer with NaN before the kernels run, so unwritten elements show up
 POISON = False
 
@@ -49,6 +55,66 @@ def _next_pow2(x: int, lo: int = 16) -> int:
 # ----------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT: tl.constexpr):
+    """Global chunk i_c: first token t0 (int64), length L, row index, token index (int64), row mask."""
+    seq = tl.load(chunk_seq + i_c)
+    pos = tl.load(chunk_pos + i_c).to(tl.int64)
+    bos = tl.load(cu + seq).to(tl.int64)
+    eos = tl.load(cu + seq + 1).to(tl.int64)
+    return _chunk_rows(bos + pos * BT, eos, BT)
+
+
+@triton.jit
+def _chunk_rows(t0, eos, BT: tl.constexpr):
+    L = tl.minimum(eos - t0, BT).to(tl.int32)
+    rows = tl.arange(0, BT)
+    return t0, L, rows, t0 + rows, rows < L
+
+
+@triton.jit
+def _kv_tile(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Columns, offsets and mask of the [BK, BV] block i_v of a [K, V] state."""
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    kv_off = cols_k[:, None] * V + cols_v[None, :]
+    return cols_k, cols_v, kv_off, (cols_k < K)[:, None] & (cols_v < V)[None, :]
+
+
+@triton.jit
+def _seq_coords(cu, chunk_off, i_n, BT: tl.constexpr):
+    """First token, end token (int64), first global chunk and number of chunks of sequence i_n."""
+    bos = tl.load(cu + i_n).to(tl.int64)
+    eos = tl.load(cu + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_off + i_n).to(tl.int64)
+    NC = tl.cdiv(eos - bos, BT).to(tl.int32)
+    return bos, eos, c0, NC
+
+
+@triton.jit
+def _toff(tok, i_h, cols, m_t, H: tl.constexpr, D: tl.constexpr):
+    """Offsets and mask of the [BT, len(cols)] tile of a packed [tokens, H, D] tensor."""
+    return (tok * H * D + i_h * D)[:, None] + cols[None, :], m_t[:, None] & (cols < D)[None, :]
+
+
+@triton.jit
+def _gam(gam, tok, m_t, t0, L, H: tl.constexpr, i_h):
+    """In-chunk cumulative log decay (rows past the chunk's end repeat the last) and its last value."""
+    g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
+    b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
+    return b_gam, g_last
+
+
+@triton.jit
+def _mm_inv(a, b, P: tl.constexpr):
+    """Product for the (I + A)^-1 formulas: "fp16" rounds the operands to float16 (the 10-bit mantissa of
+    tf32, at twice the tensor-core rate and half the operand bytes); otherwise a float32 dot in P."""
+    if P == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision=P)
 
 
 @triton.jit
@@ -75,25 +141,16 @@ def _fwd_prepare(
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    seq = tl.load(chunk_seq + i_c)
-    pos = tl.load(chunk_pos + i_c).to(tl.int64)
-    bos = tl.load(cu + seq).to(tl.int64)
-    eos = tl.load(cu + seq + 1).to(tl.int64)
-    t0 = bos + pos * BT
-    L = tl.minimum(eos - t0, BT).to(tl.int32)
-    rows = tl.arange(0, BT)
-    m_t = rows < L
-    tok = t0 + rows  # int64
+    t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
     cols_k = tl.arange(0, BK)
-    m_k = cols_k < K
+    tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
 
     b_g = tl.load(g + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     b_gam = tl.cumsum(b_g, 0)
     tl.store(gam_out + tok * H + i_h, b_gam, mask=m_t)
     b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
 
-    p_k = k + (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
-    b_k = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0.0)
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
     b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     strict = rows[:, None] > rows[None, :]
     diff = tl.where(strict, b_gam[:, None] - b_gam[None, :], 0.0)
@@ -106,35 +163,32 @@ def _fwd_prepare(
     same = (rows // 16)[:, None] == (rows // 16)[None, :]
     b_D = tl.where(same, b_A, 0.0)
     b_L = tl.where(same, 0.0, b_A)
-    b_P = tl.dot(b_D, b_D, input_precision=PREC_INV)
+    b_P = _mm_inv(b_D, b_D, PREC_INV)
     b_TD = eye - b_D
-    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
-    b_P = tl.dot(b_P, b_P, input_precision=PREC_INV)
-    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
-    b_P = tl.dot(b_P, b_P, input_precision=PREC_INV)
-    b_TD += tl.dot(b_TD, b_P, input_precision=PREC_INV)
-    b_N = tl.dot(b_TD, b_L, input_precision=PREC_INV)
-    b_N2 = tl.dot(b_N, b_N, input_precision=PREC_INV)
+    b_TD += _mm_inv(b_TD, b_P, PREC_INV)
+    b_P = _mm_inv(b_P, b_P, PREC_INV)
+    b_TD += _mm_inv(b_TD, b_P, PREC_INV)
+    b_P = _mm_inv(b_P, b_P, PREC_INV)
+    b_TD += _mm_inv(b_TD, b_P, PREC_INV)
+    b_N = _mm_inv(b_TD, b_L, PREC_INV)
+    b_N2 = _mm_inv(b_N, b_N, PREC_INV)
     b_X = eye - b_N
-    b_X += tl.dot(b_X, b_N2, input_precision=PREC_INV)
-    b_T = tl.dot(b_X, b_TD, input_precision=PREC_INV)
+    b_X += _mm_inv(b_X, b_N2, PREC_INV)
+    b_T = _mm_inv(b_X, b_TD, PREC_INV)
 
     p_T = T_out + (tok * H * BT + i_h * BT)[:, None] + rows[None, :]
-    tl.store(p_T, b_T, mask=m_t[:, None])
+    tl.store(p_T, b_T.to(T_out.dtype.element_ty), mask=m_t[:, None])
 
+    # W and U~ are products with T in PREC_INV too (fp16 operands: |v| must stay below 6.5e4 there)
     b_kb = b_k.to(tl.float32) * (b_beta * tl.exp(b_gam))[:, None]
-    b_w = tl.dot(b_T, b_kb, input_precision=PREC)
-    p_w = w_out + (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
-    tl.store(p_w, b_w.to(w_out.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
+    b_w = _mm_inv(b_T, b_kb, PREC_INV)
+    tl.store(w_out + tk_off, b_w.to(w_out.dtype.element_ty), mask=m_tk)
 
     for i_v in range(0, tl.cdiv(V, BV)):
-        cols_v = i_v * BV + tl.arange(0, BV)
-        m_v = cols_v < V
-        p_v = v + (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
-        b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0).to(tl.float32)
-        b_u = tl.dot(b_T, b_v * b_beta[:, None], input_precision=PREC)
-        p_u = u_out + (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
-        tl.store(p_u, b_u.to(u_out.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        tv_off, m_tv = _toff(tok, i_h, i_v * BV + tl.arange(0, BV), m_t, H, V)
+        b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        b_u = _mm_inv(b_T, b_v * b_beta[:, None], PREC_INV)
+        tl.store(u_out + tv_off, b_u.to(u_out.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -156,62 +210,36 @@ def _fwd_state(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
+    PREC_S: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_HT: tl.constexpr,
 ):
+    """The state is carried in float32 and its products take PREC_S operands (fp16: 10 mantissa bits like
+    tf32, at twice the rate; or tf32/ieee); the per-chunk states and new values are stored in the
+    intermediate dtype (bf16 for bf16 inputs) for the output kernel and the backward only."""
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
     i_h = i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_off + i_n).to(tl.int64)
-    NC = tl.cdiv(eos - bos, BT).to(tl.int32)
-    rows = tl.arange(0, BT)
-    cols_k = tl.arange(0, BK)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    m_k = cols_k < K
-    m_v = cols_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    kv_off = cols_k[:, None] * V + cols_v[None, :]
+    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
+    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
 
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
-    dt = w.dtype.element_ty
     for c in range(0, NC):
-        t0 = bos + c * BT
-        L = tl.minimum(eos - t0, BT).to(tl.int32)
-        tok = t0 + rows
-        m_t = rows < L
-        p_h = h_out + ((c0 + c) * H + i_h) * K * V + kv_off
-        tl.store(p_h, b_h.to(h_out.dtype.element_ty), mask=m_kv)
-        b_w = tl.load(
-            w + (tok * H * K + i_h * K)[:, None] + cols_k[None, :],
-            mask=m_t[:, None] & m_k[None, :],
-            other=0.0,
-        )
-        b_u = tl.load(
-            u + (tok * H * V + i_h * V)[:, None] + cols_v[None, :],
-            mask=m_t[:, None] & m_v[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        b_vn = b_u - tl.dot(b_w, b_h.to(dt), input_precision=PREC)
-        tl.store(
-            vn_out + (tok * H * V + i_h * V)[:, None] + cols_v[None, :],
-            b_vn.to(vn_out.dtype.element_ty),
-            mask=m_t[:, None] & m_v[None, :],
-        )
-        g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
-        b_gam = tl.load(gam + tok * H + i_h, mask=m_t, other=0.0)
-        b_gam = tl.where(m_t, b_gam, g_last)
-        b_k = tl.load(
-            k + (tok * H * K + i_h * K)[:, None] + cols_k[None, :],
-            mask=m_t[:, None] & m_k[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        t0, L, rows, tok, m_t = _chunk_rows(bos + c * BT, eos, BT)
+        tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
+        tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+        tl.store(h_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_h.to(h_out.dtype.element_ty), mask=m_kv)
+        b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(tl.float32)
+        b_u = tl.load(u + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        b_vn = b_u - _mm_inv(b_w, b_h, PREC_S)
+        tl.store(vn_out + tv_off, b_vn.to(vn_out.dtype.element_ty), mask=m_tv)
+        b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
+        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
-        b_h = b_h * tl.exp(g_last) + tl.dot(tl.trans(b_kd.to(dt)), b_vn.to(dt), input_precision=PREC)
+        b_h = b_h * tl.exp(g_last) + _mm_inv(tl.trans(b_kd), b_vn, PREC_S)
     if STORE_HT:
         tl.store(ht_out + i_nh.to(tl.int64) * K * V + kv_off, b_h, mask=m_kv)
 
@@ -235,54 +263,35 @@ def _fwd_output(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
+    PREC_INV: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    seq = tl.load(chunk_seq + i_c)
-    pos = tl.load(chunk_pos + i_c).to(tl.int64)
-    bos = tl.load(cu + seq).to(tl.int64)
-    eos = tl.load(cu + seq + 1).to(tl.int64)
-    t0 = bos + pos * BT
-    L = tl.minimum(eos - t0, BT).to(tl.int32)
-    rows = tl.arange(0, BT)
-    m_t = rows < L
-    tok = t0 + rows
-    cols_k = tl.arange(0, BK)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    m_k = cols_k < K
-    m_v = cols_v < V
+    t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
+    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+    tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
+    tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+    DT = h.dtype.element_ty
 
-    b_q = tl.load(
-        q + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-    )
-    b_k = tl.load(
-        k + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-    )
-    g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
-    b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
-    b_h = tl.load(
-        h + (i_c.to(tl.int64) * H + i_h) * K * V + cols_k[:, None] * V + cols_v[None, :],
-        mask=m_k[:, None] & m_v[None, :],
-        other=0.0,
-    )
-    b_o = tl.dot(b_q.to(tl.float32), b_h, input_precision=PREC) * tl.exp(b_gam)[:, None]
+    b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+    b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
+    b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + kv_off, mask=m_kv, other=0.0)
+    b_o = tl.dot(b_q.to(DT), b_h, input_precision=PREC) * tl.exp(b_gam)[:, None]
     lower = rows[:, None] >= rows[None, :]
     b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_s = tl.where(lower, b_s * tl.exp(tl.where(lower, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
-    b_vn = tl.load(
-        vn + (tok * H * V + i_h * V)[:, None] + cols_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
-    )
-    b_o += tl.dot(b_s, b_vn.to(tl.float32), input_precision=PREC)
-    tl.store(
-        o + (tok * H * V + i_h * V)[:, None] + cols_v[None, :],
-        (b_o * scale).to(o.dtype.element_ty),
-        mask=m_t[:, None] & m_v[None, :],
-    )
+    # (Q K^T * Gam) U in PREC_INV: fp16 operands keep 10 mantissa bits (rounding to bf16 would add ~4e-4
+    # to o's error) at the bf16 rate
+    b_vn = tl.load(vn + tv_off, mask=m_tv, other=0.0)
+    b_o += _mm_inv(b_s, b_vn.to(tl.float32), PREC_INV)
+    tl.store(o + tv_off, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 
 # ----------------------------------------------------------------------------------------------------
-# backward
+# backward: every product runs on the intermediate dtype DT (bf16 for bf16 inputs, with float32
+# accumulation; float32 in tf32/ieee otherwise); the carried gradient state stays float32.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -314,64 +323,39 @@ def _bwd_state(
     i_nh = tl.program_id(1)
     i_n = i_nh // H
     i_h = i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_off + i_n).to(tl.int64)
-    NC = tl.cdiv(eos - bos, BT).to(tl.int32)
-    rows = tl.arange(0, BT)
-    cols_k = tl.arange(0, BK)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    m_k = cols_k < K
-    m_v = cols_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    kv_off = cols_k[:, None] * V + cols_v[None, :]
+    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
+    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+    DT = dh_out.dtype.element_ty
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
     for cc in range(0, NC):
         c = NC - 1 - cc
-        t0 = bos + c * BT
-        L = tl.minimum(eos - t0, BT).to(tl.int32)
-        tok = t0 + rows
-        m_t = rows < L
-        tl.store(dh_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_dh.to(dh_out.dtype.element_ty), mask=m_kv)
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(k + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_tk, other=0.0)
-        b_w = tl.load(w + (tok * H * K + i_h * K)[:, None] + cols_k[None, :], mask=m_tk, other=0.0)
-        b_do = tl.load(do + (tok * H * V + i_h * V)[:, None] + cols_v[None, :], mask=m_tv, other=0.0)
-        g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
-        b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
+        t0, L, rows, tok, m_t = _chunk_rows(bos + c * BT, eos, BT)
+        tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
+        tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+        b_dhc = b_dh.to(DT)
+        tl.store(dh_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_dhc, mask=m_kv)
+        b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+        b_w = tl.load(w + tk_off, mask=m_tk, other=0.0)
+        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(DT)
+        b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
         # M^T[j, i] = k_j.q_i Gam_ij for i >= j
         upper = rows[:, None] <= rows[None, :]
         b_mt = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
         b_mt = tl.where(upper, b_mt * tl.exp(tl.where(upper, b_gam[None, :] - b_gam[:, None], 0.0)), 0.0)
         b_kd = b_k.to(tl.float32) * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
-        b_du = scale * tl.dot(b_mt, b_do.to(tl.float32), input_precision=PREC)
-        b_du += tl.dot(b_kd, b_dh, input_precision=PREC)
-        tl.store(
-            du_out + (tok * H * V + i_h * V)[:, None] + cols_v[None, :],
-            b_du.to(du_out.dtype.element_ty),
-            mask=m_tv,
-        )
-        b_qe = b_q.to(tl.float32) * (scale * tl.exp(b_gam))[:, None]
-        b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_qe), b_do.to(tl.float32), input_precision=PREC)
-        b_dh -= tl.dot(tl.trans(b_w.to(tl.float32)), b_du, input_precision=PREC)
+        b_du = scale * tl.dot(b_mt.to(DT), b_do, input_precision=PREC)
+        b_du += tl.dot(b_kd.to(DT), b_dhc, input_precision=PREC)
+        b_duc = b_du.to(DT)
+        tl.store(du_out + tv_off, b_duc, mask=m_tv)
+        b_qe = (b_q.to(tl.float32) * (scale * tl.exp(b_gam))[:, None]).to(DT)
+        b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_qe), b_do, input_precision=PREC)
+        b_dh -= tl.dot(tl.trans(b_w.to(DT)), b_duc, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0_out + i_nh.to(tl.int64) * K * V + kv_off, b_dh, mask=m_kv)
-
-
-@triton.jit
-def _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT: tl.constexpr):
-    seq = tl.load(chunk_seq + i_c)
-    pos = tl.load(chunk_pos + i_c).to(tl.int64)
-    bos = tl.load(cu + seq).to(tl.int64)
-    eos = tl.load(cu + seq + 1).to(tl.int64)
-    t0 = bos + pos * BT
-    L = tl.minimum(eos - t0, BT).to(tl.int32)
-    return t0, L
 
 
 @triton.jit
@@ -403,20 +387,14 @@ def _bwd_dqk(
     """dq; the output and state parts of dk; dW = -dU S0^T; the matching parts of dgam."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    t0, L = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
-    rows = tl.arange(0, BT)
-    m_t = rows < L
-    tok = t0 + rows
-    cols_k = tl.arange(0, BK)
-    m_k = cols_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
+    t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
     hoff = (i_c.to(tl.int64) * H + i_h) * K * V
-    tk_off = (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
+    tk_off, m_tk = _toff(tok, i_h, tl.arange(0, BK), m_t, H, K)
+    DT = h.dtype.element_ty
 
     b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
     b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
-    g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
-    b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
+    b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)
@@ -425,23 +403,19 @@ def _bwd_dqk(
     b_dst = tl.zeros([BT, BT], dtype=tl.float32)
     dgl = 0.0
     for i_v in range(0, tl.cdiv(V, BV)):
-        cols_v = i_v * BV + tl.arange(0, BV)
-        m_v = cols_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
-        kv_off = cols_k[:, None] * V + cols_v[None, :]
-        tv_off = (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
-        b_h = tl.load(h + hoff + kv_off, mask=m_kv, other=0.0).to(tl.float32)
-        b_dh = tl.load(dh + hoff + kv_off, mask=m_kv, other=0.0).to(tl.float32)
-        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_vn = tl.load(vn + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_du = tl.load(du + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+        tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+        b_h = tl.load(h + hoff + kv_off, mask=m_kv, other=0.0)
+        b_dh = tl.load(dh + hoff + kv_off, mask=m_kv, other=0.0)
+        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(DT)
+        b_vn = tl.load(vn + tv_off, mask=m_tv, other=0.0)
+        b_du = tl.load(du + tv_off, mask=m_tv, other=0.0)
         b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dst += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
-        dgl += tl.sum(b_h * b_dh)
+        dgl += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
 
     e_gam = tl.exp(b_gam)
     lower = rows[:, None] >= rows[None, :]
@@ -452,15 +426,15 @@ def _bwd_dqk(
     )
     b_qf = b_q.to(tl.float32)
     b_kf = b_k.to(tl.float32)
-    b_dq = b_dq * (scale * e_gam)[:, None] + tl.dot(b_ds, b_kf, input_precision=PREC)
-    b_dko = tl.dot(b_dst, b_qf, input_precision=PREC)
+    b_dq = b_dq * (scale * e_gam)[:, None] + tl.dot(b_ds.to(DT), b_k.to(DT), input_precision=PREC)
+    b_dko = tl.dot(b_dst.to(DT), b_q.to(DT), input_precision=PREC)
     b_dks = b_dks * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
     c_s = tl.sum(b_dks * b_kf, 1)
     b_dgam = tl.sum(b_dq * b_qf, 1) - tl.sum(b_dko * b_kf, 1) - c_s
     b_dgam += tl.where(rows == L - 1, tl.sum(c_s) + dgl * tl.exp(g_last), 0.0)
     tl.store(dq + tk_off, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk_part + tk_off, b_dko + b_dks, mask=m_tk)
-    tl.store(dw + tk_off, b_dw, mask=m_tk)
+    tl.store(dk_part + tk_off, (b_dko + b_dks).to(dk_part.dtype.element_ty), mask=m_tk)
+    tl.store(dw + tk_off, b_dw.to(dw.dtype.element_ty), mask=m_tk)
     tl.store(dgam_part + tok * H + i_h, b_dgam, mask=m_t)
 
 
@@ -494,18 +468,12 @@ def _bwd_wy(
     rest of dk and dgam; then dg = reverse cumsum of dgam."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    t0, L = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
-    rows = tl.arange(0, BT)
-    m_t = rows < L
-    tok = t0 + rows
-    cols_k = tl.arange(0, BK)
-    m_k = cols_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
-    tk_off = (tok * H * K + i_h * K)[:, None] + cols_k[None, :]
+    t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
+    tk_off, m_tk = _toff(tok, i_h, tl.arange(0, BK), m_t, H, K)
+    DT = Tm.dtype.element_ty
 
     b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
-    g_last = tl.load(gam + (t0 + L - 1) * H + i_h)
-    b_gam = tl.where(m_t, tl.load(gam + tok * H + i_h, mask=m_t, other=0.0), g_last)
+    b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
     b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     # T^T loaded directly from memory (T is stored row-major per token)
     b_TT = tl.load(
@@ -515,21 +483,18 @@ def _bwd_wy(
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
-        cols_v = i_v * BV + tl.arange(0, BV)
-        m_v = cols_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        tv_off = (tok * H * V + i_h * V)[:, None] + cols_v[None, :]
-        b_du = tl.load(du + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        tv_off, m_tv = _toff(tok, i_h, i_v * BV + tl.arange(0, BV), m_t, H, V)
+        b_du = tl.load(du + tv_off, mask=m_tv, other=0.0)
         b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
         # U~ = T (beta V):  dT += dU (beta V)^T,  d(beta V) = T^T dU
-        b_dT += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        b_dT += tl.dot(b_du, tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
         b_dvb = tl.dot(b_TT, b_du, input_precision=PREC)
         tl.store(dv + tv_off, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_dbeta += tl.sum(b_dvb * b_v, 1)
 
     e_gam = tl.exp(b_gam)
     b_kf = b_k.to(tl.float32)
-    b_dk = tl.load(dk_part + tk_off, mask=m_tk, other=0.0)
+    b_dk = tl.load(dk_part + tk_off, mask=m_tk, other=0.0).to(tl.float32)
     b_dgam = tl.load(dgam_part + tok * H + i_h, mask=m_t, other=0.0)
     b_dw = tl.load(dw + tk_off, mask=m_tk, other=0.0)
     # W = T diag(beta e^gam) K:  d(kbe) = T^T dW,  dT += dW kbe^T
@@ -538,10 +503,11 @@ def _bwd_wy(
     b_dk += b_dkbe * (b_beta * e_gam)[:, None]
     b_dbeta += tl.sum(b_dkbe * b_kf, 1) * e_gam
     b_dgam += tl.sum(b_dkbe * b_kbe, 1)
-    b_dT += tl.dot(b_dw, tl.trans(b_kbe), input_precision=PREC)
+    b_dT += tl.dot(b_dw, tl.trans(b_kbe.to(DT)), input_precision=PREC)
     # dA = -T^T dT T^T on the strictly lower part
     strict = rows[:, None] > rows[None, :]
-    b_dA = -tl.dot(tl.dot(b_TT, b_dT, input_precision=PREC), b_TT, input_precision=PREC)
+    b_dA = tl.dot(b_TT, b_dT.to(DT), input_precision=PREC)
+    b_dA = -tl.dot(b_dA.to(DT), b_TT, input_precision=PREC)
     b_dA = tl.where(strict, b_dA, 0.0)
     b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     b_dec = tl.where(strict, tl.exp(tl.where(strict, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
@@ -549,9 +515,10 @@ def _bwd_wy(
     b_dbeta += tl.sum(b_E, 1)
     b_Eb = b_E * b_beta[:, None]  # dA_ij A_ij
     b_dgam += tl.sum(b_Eb, 1) - tl.sum(b_Eb, 0)
-    b_dAk = b_dA * b_dec * b_beta[:, None]
-    b_dk += tl.dot(b_dAk, b_kf, input_precision=PREC)
-    b_dk += tl.trans(tl.dot(tl.trans(b_kf), b_dAk, input_precision=PREC))
+    b_dAk = (b_dA * b_dec * b_beta[:, None]).to(DT)
+    b_kc = b_k.to(DT)
+    b_dk += tl.dot(b_dAk, b_kc, input_precision=PREC)
+    b_dk += tl.trans(tl.dot(tl.trans(b_kc), b_dAk, input_precision=PREC))
 
     b_dgam = tl.where(m_t, b_dgam, 0.0)
     b_dg = tl.cumsum(b_dgam, 0, reverse=True)
@@ -597,12 +564,9 @@ def _recurrent_fwd(
     else:
         bos = i_n.to(tl.int64) * T
         eos = bos + T
-    cols_k = tl.arange(0, BK)
-    cols_v = i_v * BV + tl.arange(0, BV)
+    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
     m_k = cols_k < K
     m_v = cols_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    kv_off = cols_k[:, None] * V + cols_v[None, :]
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
@@ -628,31 +592,40 @@ def _recurrent_fwd(
 
 # Launch configurations (block of V per program, warps, pipelining stages); benchmarks/kernels.py --tune
 # times alternatives on the GPU and can overwrite these.
-CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (benchmarks/results/kernels_v2.json)
+CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4: benchmarks/results/kernels_v4_log.txt)
     "prepare": dict(BV=64, num_warps=4, num_stages=1),
-    "state": dict(BV=64, num_warps=4, num_stages=2),
-    "output": dict(BV=32, num_warps=4, num_stages=2),
+    "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True),  # lowp: products in PREC_INV
+    "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
-    "bwd_dqk": dict(BV=32, num_warps=8, num_stages=1),
-    "bwd_wy": dict(BV=64, num_warps=8, num_stages=1),
+    "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
+    "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
     "decode": dict(BV=32, num_warps=2, num_stages=1),
 }
 
 
+# Triton 3.6 on the H100 fails with an illegal memory access when a product whose left operand is computed
+# in registers and cast to fp16/bf16 has N = BV = 32 or 128 (seen in _fwd_prepare, _fwd_output, _bwd_state;
+# benchmarks/results/kernels_v4_log.txt); N = 64 passes every check. These kernels always take BV = 64;
+# masks cover V < 64 (checked on the GPU with V = 32).
+FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_state": 64}
+
+
 def _cfg(name, V):
     c = dict(CONFIG[name])
-    bv = min(c.pop("BV"), _next_pow2(V))
-    return bv, c
+    c.pop("lowp", None)
+    bv = c.pop("BV")
+    return FIXED_BV.get(name, min(bv, _next_pow2(V))), c
 
 
 def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# precision of the 11 small dots that invert I + A for bf16/fp16 inputs. "tf32x3" (about float32 accuracy)
-# cost 1.2 ms more per forward on the H100; "tf32" passed every full-size check there with the same error
-# ratios (benchmarks/results/kernels_v3_log.txt), so it is the default.
-PREC_INV_LOWP = "tf32"
+# precision of the 11 small dots that invert I + A for bf16/fp16 inputs: "fp16" rounds their operands to
+# float16 (the same 10-bit mantissa as tf32, twice the MMA rate, half the operand bytes; 0.08 ms less per
+# forward than "tf32" on the H100, benchmarks/results/kernels_v4_log.txt). The entries of A are bounded by
+# beta |k_i| |k_j|: safe for the usual l2-normalised keys; "tf32" or "tf32x3" for unnormalised ones.
+PREC_INV_LOWP = "fp16"
 
 
 def _prec_inv(dtype):
@@ -682,95 +655,66 @@ def _chunk_tables(B, T, cu_seqlens, device):
     return cu, chunk_seq, chunk_pos, chunk_off, total
 
 
-def _dims(q, v):
-    K, V = q.shape[-1], v.shape[-1]
-    BK = _next_pow2(K)
-    if BK > 256:
-        raise ValueError(f"the Triton kernels support K <= 256, got K = {K}")
-    return K, V, BK
+class _Launch:
+    """Shape, precision and intermediate dtype of one call, and the launcher of its kernels."""
+
+    def __init__(self, q, v, H):
+        self.K, self.V, self.H = q.shape[-1], v.shape[-1], H
+        self.BK = _next_pow2(self.K)
+        if self.BK > 256:
+            raise ValueError(f"the Triton kernels support K <= 256, got K = {self.K}")
+        self.prec = _prec(q.dtype)
+        self.inter = _inter(q.dtype)
+        self.dev = q.device
+
+    def empty(self, *shape, dtype=None):
+        return _empty(*shape, device=self.dev, dtype=self.inter if dtype is None else dtype)
+
+    def __call__(self, kernel, name, grid, *args, **const):
+        """Launch kernel with the config of `name`; grid(BV) gives the grid."""
+        BV, kw = _cfg(name, self.V)
+        kernel[grid(BV)](
+            *args, H=self.H, K=self.K, V=self.V, BT=BT, BK=self.BK, BV=BV, PREC=self.prec, **const, **kw
+        )
+
+
+def _or(t, dummy):
+    return t if t is not None else dummy
 
 
 def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
     B, T, H, _ = q.shape
-    K, V, BK = _dims(q, v)
+    run = _Launch(q, v, H)
+    K, V = run.K, run.V
     cu, chunk_seq, chunk_pos, chunk_off, NCt = _chunk_tables(B, T, cu_seqlens, q.device)
     N = cu.numel() - 1
-    PREC = _prec(q.dtype)
-    dev = q.device
-    gam = _empty(B, T, H, device=dev, dtype=torch.float32)
-    Tm = _empty(B, T, H, BT, device=dev, dtype=torch.float32)
-    w = _empty(B, T, H, K, device=dev, dtype=INTER)
-    u = _empty(B, T, H, V, device=dev, dtype=INTER)
-    BV, kw = _cfg("prepare", V)
-    _fwd_prepare[(NCt, H)](
-        k,
-        v,
-        g,
-        beta,
-        cu,
-        chunk_seq,
-        chunk_pos,
-        gam,
-        Tm,
-        w,
-        u,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
+    gam = run.empty(B, T, H, dtype=torch.float32)
+    Tm, w, u = run.empty(B, T, H, BT), run.empty(B, T, H, K), run.empty(B, T, H, V)
+    run(
+        _fwd_prepare,
+        "prepare",
+        lambda bv: (NCt, H),
+        *(k, v, g, beta, cu, chunk_seq, chunk_pos, gam, Tm, w, u),
         PREC_INV=_prec_inv(q.dtype),
-        **kw,
     )
-    h = _empty(NCt, H, K, V, device=dev, dtype=INTER)
-    vn = _empty(B, T, H, V, device=dev, dtype=INTER)
-    ht = _empty(N, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
-    BV, kw = _cfg("state", V)
-    _fwd_state[(triton.cdiv(V, BV), N * H)](
-        k,
-        w,
-        u,
-        gam,
-        h0 if h0 is not None else q,
-        cu,
-        chunk_off,
-        h,
-        vn,
-        ht if ht is not None else q,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
+    h, vn = run.empty(NCt, H, K, V), run.empty(B, T, H, V)
+    ht = run.empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    run(
+        _fwd_state,
+        "state",
+        lambda bv: (triton.cdiv(V, bv), N * H),
+        *(k, w, u, gam, _or(h0, q), cu, chunk_off, h, vn, _or(ht, q)),
+        PREC_S=_prec_inv(q.dtype) if CONFIG["state"].get("lowp", True) else run.prec,
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
-        **kw,
     )
-    o = _empty(B, T, H, V, device=dev, dtype=v.dtype)
-    BV, kw = _cfg("output", V)
-    _fwd_output[(triton.cdiv(V, BV), NCt, H)](
-        q,
-        k,
-        vn,
-        gam,
-        h,
-        cu,
-        chunk_seq,
-        chunk_pos,
-        o,
-        scale,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
-        **kw,
+    o = run.empty(B, T, H, V, dtype=v.dtype)
+    run(
+        _fwd_output,
+        "output",
+        lambda bv: (triton.cdiv(V, bv), NCt, H),
+        *(q, k, vn, gam, h, cu, chunk_seq, chunk_pos, o, scale),
+        PREC_INV=_prec_inv(q.dtype),
     )
     saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt)
     return o, ht, saved
@@ -779,100 +723,36 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
 def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
     gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt = saved
     B, T, H, _ = q.shape
-    K, V, BK = _dims(q, v)
+    run = _Launch(q, v, H)
+    K, V = run.K, run.V
     N = cu.numel() - 1
-    PREC = _prec(q.dtype)
-    dev = q.device
     do = do.contiguous()
-    dh = _empty(NCt, H, K, V, device=dev, dtype=INTER)
-    du = _empty(B, T, H, V, device=dev, dtype=torch.float32)
-    dh0 = _empty(N, H, K, V, device=dev, dtype=torch.float32) if h0 is not None else None
-    BV, kw = _cfg("bwd_state", V)
-    _bwd_state[(triton.cdiv(V, BV), N * H)](
-        q,
-        k,
-        w,
-        gam,
-        do,
-        dht if dht is not None else q,
-        cu,
-        chunk_off,
-        scale,
-        dh,
-        du,
-        dh0 if dh0 is not None else q,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
+    dh, du = run.empty(NCt, H, K, V), run.empty(B, T, H, V)
+    dh0 = run.empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+    run(
+        _bwd_state,
+        "bwd_state",
+        lambda bv: (triton.cdiv(V, bv), N * H),
+        *(q, k, w, gam, do, _or(dht, q), cu, chunk_off, scale, dh, du, _or(dh0, q)),
         HAS_DHT=dht is not None,
         STORE_DH0=dh0 is not None,
-        **kw,
     )
-    dq = _empty(*q.shape, device=dev, dtype=q.dtype)
-    dk_part = _empty(*k.shape, device=dev, dtype=torch.float32)
-    dw = _empty(*k.shape, device=dev, dtype=torch.float32)
-    dgam = _empty(B, T, H, device=dev, dtype=torch.float32)
-    BV, kw = _cfg("bwd_dqk", V)
-    _bwd_dqk[(NCt, H)](
-        q,
-        k,
-        gam,
-        h,
-        dh,
-        vn,
-        du,
-        do,
-        cu,
-        chunk_seq,
-        chunk_pos,
-        scale,
-        dq,
-        dk_part,
-        dw,
-        dgam,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
-        **kw,
+    dq = run.empty(*q.shape, dtype=q.dtype)
+    dk_part, dw = run.empty(*k.shape), run.empty(*k.shape)
+    dgam = run.empty(B, T, H, dtype=torch.float32)
+    run(
+        _bwd_dqk,
+        "bwd_dqk",
+        lambda bv: (NCt, H),
+        *(q, k, gam, h, dh, vn, du, do, cu, chunk_seq, chunk_pos, scale, dq, dk_part, dw, dgam),
     )
-    dk = _empty(*k.shape, device=dev, dtype=k.dtype)
-    dv = _empty(*v.shape, device=dev, dtype=v.dtype)
-    dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
-    dg = _empty(*g.shape, device=dev, dtype=g.dtype)
-    BV, kw = _cfg("bwd_wy", V)
-    _bwd_wy[(NCt, H)](
-        k,
-        v,
-        beta,
-        gam,
-        Tm,
-        dw,
-        du,
-        dk_part,
-        dgam,
-        cu,
-        chunk_seq,
-        chunk_pos,
-        dk,
-        dv,
-        dbeta,
-        dg,
-        H=H,
-        K=K,
-        V=V,
-        BT=BT,
-        BK=BK,
-        BV=BV,
-        PREC=PREC,
-        **kw,
+    dk, dv = run.empty(*k.shape, dtype=k.dtype), run.empty(*v.shape, dtype=v.dtype)
+    dbeta, dg = run.empty(*beta.shape, dtype=beta.dtype), run.empty(*g.shape, dtype=g.dtype)
+    run(
+        _bwd_wy,
+        "bwd_wy",
+        lambda bv: (NCt, H),
+        *(k, v, beta, gam, Tm, dw, du, dk_part, dgam, cu, chunk_seq, chunk_pos, dk, dv, dbeta, dg),
     )
     return dq, dk, dv, dg, dbeta, dh0
 

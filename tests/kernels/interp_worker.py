@@ -51,6 +51,28 @@ def _patch_bf16_dot():
     ti.InterpreterBuilder.create_dot = create_dot
 
 
+def _patch_bf16_cast():
+    """The interpreter converts float32 to bfloat16 by dropping the low 16 bits (round toward zero, a
+    biased error twice the size of the GPU's round-to-nearest-even, cvt.rn.bf16.f32). Round to nearest even
+    as the GPU does, so that error ratios of kernels that store bf16 intermediates mean the same thing."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    orig = ti.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            x = np.ascontiguousarray(src.data, dtype=np.float32)
+            b = x.view(np.uint32)
+            out = ((b + (((b >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+            out[np.isnan(x)] = 0x7FC0
+            return ti.TensorHandle(out, tl.bfloat16)
+        return orig(self, src, dst_type)
+
+    ti.InterpreterBuilder.cast_impl = cast_impl
+
+
 def run_case(name):
     import torch
     from mudelta.kernels import triton_gdn
@@ -113,6 +135,7 @@ def main():
 
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     _patch_bf16_dot()
+    _patch_bf16_cast()
     names = sys.argv[1:] or list(CASES)
     out = {}
     for n in names:
