@@ -60,6 +60,7 @@ def run_checks(results, skip_fp32=False):
         ("odd_T_l2norm_bf16", (3, 1000, 8, 128, 128), torch.bfloat16, "normal", {"l2norm": True}),
         ("small_dims_bf16", (2, 777, 4, 64, 96), torch.bfloat16, "normal", {}),
         ("v32_bf16", (2, 1000, 4, 64, 32), torch.bfloat16, "normal", {}),
+        ("long_seq_bf16", (1, 16384, 8, 128, 128), torch.bfloat16, "normal", {}),  # small-grid path
         ("fp16", (2, 2048, 16, 128, 128), torch.float16, "normal", {}),
         ("fp32", (1, 300, 4, 128, 128), torch.float32, "normal", {}),
     ]
