@@ -115,9 +115,10 @@ def _s(value) -> str:
     return str(sp.nsimplify(value))
 
 
-def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: str = "mup",
+def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: str | dict = "mup",
            convention: str = "tp5") -> Derivation:
-    """Derive (parametrization="mup") or evaluate (sp, ntk, mf, or a YAML/JSON file of exponents) the
+    """Derive (parametrization="mup") or evaluate (sp, ntk, mf, a YAML/JSON file of exponents, or a mapping
+    in that file's format) the
     width-scaling rules of every parameter of `graph` under `optimizer`."""
     opt = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     if convention not in CONVENTIONS:
@@ -147,7 +148,8 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
     for node in graph.nodes.values():
         if node.op == "scale" and "fixed" in node.attrs:
             slots[node.attrs["slot"]] = node.attrs["fixed"]
-    return Derivation(graph, opt, str(parametrization), convention, engine, rules, slots, check(engine))
+    label = "given" if isinstance(parametrization, dict) else str(parametrization)
+    return Derivation(graph, opt, label, convention, engine, rules, slots, check(engine))
 
 
 def _rule(engine: Engine, opt: Optimizer, p: Param, convention: str, abc) -> ParamRule:

@@ -56,8 +56,11 @@ def _tp4(opt: Optimizer, cat: str, beta, k):
 CONVENTIONS = {"tp5": _tp5, "mup": _mup, "tp4": _tp4}
 
 
-def given_values(graph: Graph, opt: Optimizer, name: str):
-    """(a, b, c) per parameter and the slot exponents of a named parametrization or a file."""
+def given_values(graph: Graph, opt: Optimizer, name):
+    """(a, b, c) per parameter and the slot exponents of a named parametrization, a file, or a mapping in
+    the file's format."""
+    if isinstance(name, dict):
+        return _from_mapping(graph, name, "parametrization")
     builtin = {"sp": _sp, "ntk": _ntk, "mf": _mf}
     if name in builtin:
         abc = {p.name: builtin[name](graph, opt, p) for p in graph.params.values() if p.trainable}
@@ -111,6 +114,10 @@ def _from_file(graph: Graph, path: Path):
         data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: cannot read parametrization file ({exc})") from None
+    return _from_mapping(graph, data, str(path))
+
+
+def _from_mapping(graph: Graph, data, path: str):
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
         raise ValueError(f"{path}: expected a mapping with a 'parameters' mapping of glob -> {{a, b, c}}")
     abc = {}

@@ -6,12 +6,9 @@ after t optimizer steps on one fixed batch (predicted: the change exponent d).""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -122,12 +119,9 @@ def _first_steps(graph, optimizer: str, parametrization: str):
     d = derive(graph, optimizer, parametrization)
     if parametrization != "mup":
         return d
-    spec = {"parameters": {r.name: {"a": str(r.a), "b": str(r.b), "c": str(r.c)} for r in d.params},
-            "multipliers": {s: str(v) for s, v in d.slots.items()}}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rules.json"
-        path.write_text(json.dumps(spec))
-        return derive(graph, optimizer, str(path))
+    given = {"parameters": {r.name: {"a": str(r.a), "b": str(r.b), "c": str(r.c)} for r in d.params},
+             "multipliers": {s: str(v) for s, v in d.slots.items()}}
+    return derive(graph, optimizer, given)
 
 
 def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 512, 1024), steps: int = 3,
