@@ -71,7 +71,12 @@ def cmd_coord_check(args) -> int:
 
     from mudelta.runtime import coord
 
-    widths = [int(w) for w in args.widths.split(",")]
+    try:
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        raise ValueError(f"--widths {args.widths!r}: expected comma-separated integers, e.g. 64,128,256") from None
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"--widths {args.widths!r}: widths must be positive")
     result = coord.coord_check(args.spec, _overrides(args.set), widths, args.steps, args.optimizer,
                                args.parametrization, args.lr, args.seeds, progress=args.format == "table")
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"

@@ -12,6 +12,7 @@ from mudelta.codegen import CodegenError, generate, load_module
 from mudelta.graphs.ir import SpecError
 from mudelta.graphs.presets import load
 from mudelta.runtime.cli import main
+from mudelta.runtime.coord import model_class
 
 CASES = {
     "mlp": ("mlp", {"layers": "3", "bias": "true"}),
@@ -27,9 +28,7 @@ RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
 
 def build(module, width, seed=0, **cfg):
     torch.manual_seed(seed)
-    model_cls = next(getattr(module, n) for n in ("GatedDeltaNetForCausalLM", "TransformerForCausalLM",
-                                                   "MLPClassifier") if hasattr(module, n))
-    return model_cls(module.Config(width=width, **cfg))
+    return model_class(module)(module.Config(width=width, **cfg))
 
 
 def batch(module, model, seed=1):
