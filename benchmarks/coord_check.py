@@ -3,7 +3,7 @@
     python benchmarks/coord_check.py   # writes benchmarks/coord/{summary.md, results.json, *.png}
 
 Each case: widths 64..1024 (the first is the base width), 3 steps on one fixed batch of standard-library
-bytes (4 x 64 tokens), the default learning rate of `mudelta coord-check`. A node passes when its measured
+bytes (4 x 64 tokens), 3 seeds, the default learning rate of `mudelta coord-check`. A node passes when its measured
 log-log slope is within the fixed tolerance of the engine's exponent.
 """
 
@@ -25,6 +25,7 @@ CASES = [
     ("gdn", {"layers": "2", "regime": "heads", "d_k": "8", "d_v": "16", "tied": "false"}),
 ]
 OUT = Path(__file__).parent / "coord"
+SEEDS = 3  # sizes averaged over seeds before the fit
 
 
 def label(spec, opts):
@@ -37,7 +38,7 @@ def main():
     for spec, opts in CASES:
         for par in ("mup", "sp"):
             for opt in ("adamw", "sgd"):
-                r = coord.coord_check(spec, opts, optimizer=opt, parametrization=par, progress=False)
+                r = coord.coord_check(spec, opts, optimizer=opt, parametrization=par, seeds=SEEDS, progress=False)
                 name = f"{label(spec, opts)}_{par}_{opt}"
                 coord.plot(r, OUT / f"{name}.png")
                 results.append({"case": name, "overrides": opts, **coord.to_json(r)})
@@ -51,7 +52,8 @@ def main():
             "python": platform.python_version(), "device": "CPU", "tolerance": coord.TOLERANCE}
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     md = [f"# Coordinate checks ({meta['date']}, CPU, torch {meta['torch']}, Python {meta['python']})", "",
-          "Widths 64-1024 (base 64), 3 steps, batch 4 x 64 bytes of the standard library, tolerance "
+          "Widths 64-1024 (base 64), 3 steps, batch 4 x 64 bytes of the standard library, sizes averaged over "
+          f"{SEEDS} seeds, tolerance "
           f"{coord.TOLERANCE} on the log-log slope. Step 0 = size at init, step t = change after t steps.", "",
           "| model | parametrization | optimizer | nodes passing | failing nodes (node@step, most common) |",
           "|---|---|---|---|---|", *lines]

@@ -130,15 +130,18 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
     else:
         abc, slots = given_values(graph, opt, parametrization)
         given = {("beta", p): a + b for p, (a, b, c) in abc.items()} | {("s", s): v for s, v in slots.items()}
-        if opt.grad_coef:  # SGD: the first step's size depends on the gradient at init: a first pass measures it
-            first = Engine(graph, opt, given).run()
+        # A first pass measures the gradients at init: SGD's first step is as large as they are, and each
+        # linear layer's share of the gradient at its input says how much of that input's change is along it.
+        if not opt.grad_coef:
+            for p, (a, b, c) in abc.items():
+                given[("rho", p)] = opt.rho(a, b, c, 0)
+        first = Engine(graph, opt, given).run()
+        if opt.grad_coef:
             for p, (a, b, c) in abc.items():
                 grad = first.pgrad.get(p, NEG_INF)
                 given[("rho", p)] = None if grad is NEG_INF else opt.rho(a, b, c, grad)
-        else:
-            for p, (a, b, c) in abc.items():
-                given[("rho", p)] = opt.rho(a, b, c, 0)
-        engine = Engine(graph, opt, given).run()
+            first = Engine(graph, opt, given).run()
+        engine = Engine(graph, opt, given, shares=first.shares).run()
     rules = []
     for p in graph.params.values():
         if not p.trainable:

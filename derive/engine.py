@@ -1,7 +1,14 @@
 """The engine: propagates coordinate-size exponents through a graph and solves the muP desiderata.
 
 Three passes over the graph, all in exponents of the width n:
-1. forward, in topological order: each node's size at init (x) and its change after one optimizer step (d).
+1. forward, in topological order: each node's size at init (x) and its change after one optimizer step (d),
+   and the aligned part of that change (a): what the node's own parameters' updates put there, propagated
+   through parameter-free ops. Only that part is built from the gradient reaching the node, so only it is
+   correlated with the other factor of a contraction the node feeds (LLN); the rest of the change comes
+   from upstream updates driven by other consumers' gradients and contracts like an independent vector.
+   Also the change to first order in the learning rate (d1): no products of two changes.
+   That is what a coordinate check at a small learning rate measures; d adds the higher orders that
+   dominate as the width grows at a fixed learning rate.
    Each parameter's init exponent beta = a+b and update exponent rho (Delta W is n^-rho per entry) and each
    multiplier slot's exponent s are unknowns. At the first node whose bound they enter, each is solved to be
    as large as allowed (largest init, largest update, largest multiplier) without any node exceeding its
@@ -77,12 +84,19 @@ class Violation:
 class Engine:
     """One derivation: a graph, an optimizer, and either free unknowns (muP) or given values."""
 
-    def __init__(self, graph: Graph, optimizer: Optimizer, given: dict | None = None):
+    def __init__(self, graph: Graph, optimizer: Optimizer, given: dict | None = None, shares: dict | None = None):
         self.g = graph
         self.opt = optimizer
         self.given = given  # {("beta"|"rho"|"lr", param) or ("s", slot): exponent} or None
+        # {linear node: exponent (<= 0) of its W^T g's share of the gradient at its input}, from an earlier
+        # pass at the same exponents; None: every share Theta(1)
+        self.shares_in = shares or {}
+        self.shares: dict[str, sp.Expr] = {}
         self.x: dict[str, sp.Expr] = {}
         self.d: dict[str, sp.Expr] = {}
+        self.a: dict[str, sp.Expr] = {}
+        self.d1: dict[str, sp.Expr] = {}
+        self._mode = "d"  # which change the rules propagate: d, a (aligned part) or d1 (first order)
         self.grad: dict[str, sp.Expr] = {}
         self.pgrad: dict[str, sp.Expr] = {}
         self.lineage: dict[str, frozenset] = {}
@@ -136,7 +150,10 @@ class Engine:
         return self._subs(self.x[node])
 
     def D(self, node):
-        return self._subs(self.d[node])
+        return self._subs(getattr(self, self._mode)[node])
+
+    def A(self, node):
+        return self._subs(self.a[node])
 
     def e(self, dims) -> sp.Rational:
         return self.g.exponent(dims)
@@ -177,6 +194,36 @@ class Engine:
             rule = getattr(self, f"_fwd_{node.op}")
             xs, ds = rule(node)
             self._settle(name, xs, ds)
+            for mode in ("a", "d1"):
+                self._mode = mode
+                try:
+                    _, terms = rule(node)
+                finally:
+                    self._mode = "d"
+                self._settle_change(mode, name, terms)
+
+    _CHANGES = {"a": "aligned change (own updates, built from this node's gradient): ",
+                "d1": "change to first order in the learning rate: "}
+
+    def _settle_change(self, kind, name, terms: list[Term]):
+        terms = [t._replace(value=self._subs(t.value), text=t.text.replace("d(", f"{kind}("),
+                            deps=tuple((kind, n) if k == "d" else (k, n) for k, n in t.deps)) for t in terms]
+        value = getattr(self, kind)[name] = emax([t.value for t in terms])
+        best = _argmax(terms)
+        if best is None:
+            self.steps[(kind, name)] = Step((kind, name), NEG_INF, "no term", "nothing upstream moves")
+        else:
+            self.steps[(kind, name)] = Step((kind, name), value, best.text, self._CHANGES[kind] + best.fact,
+                                            best.deps)
+
+    def _cap(self, value, text):
+        """A change capped at the output's scale (saturation, e.g. of a normalised or gated value)."""
+        return emin(value, ZERO), f"min({text}, 0)"
+
+    @property
+    def _second_order(self) -> bool:
+        """Whether rules include products of two changes (not in the first-order pass)."""
+        return self._mode != "d1"
 
     def _settle(self, name, xs: list[Term], ds: list[Term]):
         """Solve the unknowns this node's bound constrains, then record its exponents."""
@@ -281,17 +328,20 @@ class Engine:
         fact = (R.F_LLN if corr else R.F_CLT).format(dims=dims, e=e_c)
         xs = [Term(-beta + xu + gain, f"-beta[{p}] + x({u}) + {gain}", fact, (("beta", p), ("x", u)))]
         w_dx = R.w_dx_gain(e_c, e_o)
-        ds = [
-            Term(-beta + du + w_dx, f"-beta[{p}] + d({u}) + {w_dx}",
-                 R.F_W_DX.format(dims=dims, e=e_c, other=fmt_dims(out), o=e_o), (("beta", p), ("d", u))),
-        ]
+        ds = []
+        if self._mode != "a":  # W . Delta x is aligned with the gradient reaching x, not with this node's
+            share = self.shares_in.get(node.name, ZERO)
+            w_dx = max(w_dx + share, e_c / 2)
+            fact = R.F_W_DX.format(dims=dims, e=e_c, other=fmt_dims(out), o=e_o)
+            if share != 0:
+                fact += f"; W^T g is n^({share}) of the gradient at {u}, so only that share of Delta x is along it"
+            ds.append(Term(-beta + du + w_dx, f"-beta[{p}] + d({u}) + {w_dx}", fact, (("beta", p), ("d", u))))
         if self.g.params[p].trainable:
-            ds += [
-                Term(-rho + xu + e_c, f"-rho[{p}] + x({u}) + {e_c}", R.F_UPD_W.format(dims=dims),
-                     (("rho", p), ("x", u)), tag=p),
-                Term(-rho + du + e_c, f"-rho[{p}] + d({u}) + {e_c}", R.F_UPD_W.format(dims=dims),
-                     (("rho", p), ("d", u)), tag=p),
-            ]
+            ds.append(Term(-rho + xu + e_c, f"-rho[{p}] + x({u}) + {e_c}", R.F_UPD_W.format(dims=dims),
+                           (("rho", p), ("x", u)), tag=p))
+            if self._second_order:
+                ds.append(Term(-rho + du + e_c, f"-rho[{p}] + d({u}) + {e_c}", R.F_UPD_W.format(dims=dims),
+                               (("rho", p), ("d", u)), tag=p))
         lineage = {p}
         if "bias" in node.params:
             b = node.params["bias"]
@@ -314,10 +364,9 @@ class Engine:
         xs = [Term(-beta + xu, f"-beta[{p}] + x({u})", fact, (("beta", p), ("x", u)))]
         ds = [Term(-beta + du, f"-beta[{p}] + d({u})", fact, (("beta", p), ("d", u)))]
         if self.g.params[p].trainable:
-            ds += [
-                Term(-rho + xu, f"-rho[{p}] + x({u})", fact, (("rho", p), ("x", u)), tag=p),
-                Term(-rho + du, f"-rho[{p}] + d({u})", fact, (("rho", p), ("d", u)), tag=p),
-            ]
+            ds.append(Term(-rho + xu, f"-rho[{p}] + x({u})", fact, (("rho", p), ("x", u)), tag=p))
+            if self._second_order:
+                ds.append(Term(-rho + du, f"-rho[{p}] + d({u})", fact, (("rho", p), ("d", u)), tag=p))
         self.lineage[node.name] = self.lineage[u] | {p}
         self.trained[node.name] = self.trained[u] or self.g.params[p].trainable
         return xs, ds
@@ -339,10 +388,10 @@ class Engine:
                          + ("otherwise the sigmoid saturates and its derivative vanishes" if fn == "sigmoid"
                             else "exp of an O(1) input is Theta(1) with a Theta(1) derivative; a growing input "
                                  "overflows, or for a log-decay g <= 0 drives exp(g) and its gradient to 0"))
-            return [Term(ZERO, "0", fact, deps_x)], [Term(emin(du, ZERO), f"min(d({u}), 0)", fact, deps_d)]
+            return [Term(ZERO, "0", fact, deps_x)], [Term(*self._cap(du, f"d({u})"), fact, deps_d)]
         if fn == "tanh":
             return ([Term(emin(xu, ZERO), f"min(x({u}), 0)", R.F_TANH, deps_x)],
-                    [Term(emin(du, ZERO), f"min(d({u}), 0)", R.F_TANH, deps_d)])
+                    [Term(*self._cap(du, f"d({u})"), R.F_TANH, deps_d)])
         # softplus
         return ([Term(emax([xu, ZERO]), f"max(x({u}), 0)", R.F_SOFTPLUS, deps_x)],
                 [Term(du, f"d({u})", R.F_SOFTPLUS, deps_d)])
@@ -359,7 +408,7 @@ class Engine:
         total = sum((self.X(u) for u in ins), ZERO)
         xs = [Term(total, " + ".join(f"x({u})" for u in ins), R.F_ELEM, tuple(("x", u) for u in ins))]
         ds = []
-        for r in range(1, len(ins) + 1):
+        for r in range(1, len(ins) + 1 if self._second_order else 2):
             for moving in itertools.combinations(ins, r):
                 value = sum((self.D(u) if u in moving else self.X(u) for u in ins), ZERO)
                 text = " + ".join(f"{'d' if u in moving else 'x'}({u})" for u in ins)
@@ -399,8 +448,7 @@ class Engine:
         (u,) = node.inputs
         over = node.attrs["over"]
         fact = R.F_NORM.format(dims=fmt_dims(over))
-        rel = emin(self.D(u) - self.X(u), ZERO)
-        rel_text = f"min(d({u}) - x({u}), 0)"
+        rel, rel_text = self._cap(self.D(u) - self.X(u), f"d({u}) - x({u})")
         xs = [Term(ZERO, "0", fact, (("x", u),))]
         ds = [Term(rel, rel_text, fact, (("d", u), ("x", u)))]
         lineage = set(self.lineage[u])
@@ -431,9 +479,9 @@ class Engine:
         scale = -self.e(over) / 2
         fact = R.F_L2.format(dims=fmt_dims(over), e=self.e(over))
         self.lineage[node.name], self.trained[node.name] = self.lineage[u], self.trained[u]
-        rel = emin(self.D(u) - self.X(u), ZERO)
+        rel, text = self._cap(self.D(u) - self.X(u), f"d({u}) - x({u})")
         return ([Term(scale, f"{scale}", fact, (("x", u),))],
-                [Term(rel + scale, f"min(d({u}) - x({u}), 0) + {scale}", fact, (("d", u), ("x", u)))])
+                [Term(rel + scale, f"{text} + {scale}", fact, (("d", u), ("x", u)))])
 
     def _contract(self, u, v, over):
         """Terms for a bilinear contraction of u and v over `over`, at init and after a step."""
@@ -447,10 +495,14 @@ class Engine:
         for a, b in ((u, v), (v, u)):
             pen = self._weight_penalty(b, over)
             gain = max(e_c / 2, e_c - pen)
-            ds.append(Term(self.D(a) + self.X(b) + gain, f"d({a}) + x({b}) + {gain}",
-                           R.F_DU_V.format(dims=dims, p=pen), (("d", a), ("x", b))))
-        ds.append(Term(self.D(u) + self.D(v) + e_c, f"d({u}) + d({v}) + {e_c}",
-                       R.F_LLN.format(dims=dims, e=e_c), (("d", u), ("d", v))))
+            ds += [Term(self.A(a) + self.X(b) + gain, f"a({a}) + x({b}) + {gain}",
+                        R.F_DU_V.format(dims=dims, p=pen), (("a", a), ("x", b))),
+                   Term(self.D(a) + self.X(b) + g0, f"d({a}) + x({b}) + {g0}", f0, (("d", a), ("x", b)))]
+            if self._second_order:
+                ds.append(Term(self.A(a) + self.D(b) + e_c, f"a({a}) + d({b}) + {e_c}",
+                               R.F_DU_V.format(dims=dims, p=0), (("a", a), ("d", b))))
+        if self._second_order:
+            ds.append(Term(self.D(u) + self.D(v) + g0, f"d({u}) + d({v}) + {g0}", f0, (("d", u), ("d", v))))
         return xs, ds
 
     def _weight_penalty(self, name, over):
@@ -469,7 +521,7 @@ class Engine:
         (u,) = node.inputs
         self.lineage[node.name], self.trained[node.name] = self.lineage[u], self.trained[u]
         return ([Term(ZERO, "0", R.F_SOFTMAX, (("x", u),))],
-                [Term(emin(self.D(u), ZERO), f"min(d({u}), 0)", R.F_SOFTMAX, (("d", u),))])
+                [Term(*self._cap(self.D(u), f"d({u})"), R.F_SOFTMAX, (("d", u),))])
 
     def _fwd_mix(self, node):
         return self._fwd_mul(node)
@@ -478,7 +530,7 @@ class Engine:
         q, k, v, alpha, beta = node.inputs
         key = node.attrs["key"]
         e_k = self.e([key])
-        X, D = self.X, self.D
+        X, D, A = self.X, self.D, self.A
         self.lineage[node.name] = self.lineage[v] | self.lineage[beta] | self.lineage[alpha]
         self.trained[node.name] = any(self.trained[u] for u in node.inputs)
         # Assumptions the recurrence's order relies on, checked here and reported if they fail.
@@ -504,15 +556,29 @@ class Engine:
                  (("x", beta), ("d", v), ("x", k), ("x", q))),
             Term(D(alpha) + xs_ + X(q) + g0, f"d({alpha}) + x(state) + x({q}) + {g0}", f0,
                  (("d", alpha), state, ("x", q))),
-            Term(X(beta) + X(v) + D(k) + X(q) + e_k, f"x({beta}) + x({v}) + d({k}) + x({q}) + {e_k}", lln,
+            # the keys' and queries' aligned changes are built from gradients through S q: correlated
+            Term(X(beta) + X(v) + A(k) + X(q) + e_k, f"x({beta}) + x({v}) + a({k}) + x({q}) + {e_k}", lln,
+                 (("x", beta), ("x", v), ("a", k), ("x", q))),
+            Term(X(beta) + X(v) + D(k) + X(q) + g0, f"x({beta}) + x({v}) + d({k}) + x({q}) + {g0}", f0,
                  (("x", beta), ("x", v), ("d", k), ("x", q))),
-            Term(xs_ + D(q) + e_k, f"x(state) + d({q}) + {e_k}", lln, (state, ("d", q))),
-            Term(X(beta) + X(v) + D(k) + D(q) + e_k, f"x({beta}) + x({v}) + d({k}) + d({q}) + {e_k}",
-                 R.F_LLN.format(dims=f"({key})", e=e_k), (("x", beta), ("x", v), ("d", k), ("d", q))),
+            Term(xs_ + A(q) + e_k, f"x(state) + a({q}) + {e_k}", lln, (state, ("a", q))),
+            Term(xs_ + D(q) + g0, f"x(state) + d({q}) + {g0}", f0, (state, ("d", q))),
+        ]
+        if not self._second_order:
+            return xs, ds
+        ds += [
+            Term(X(beta) + X(v) + A(k) + D(q) + e_k, f"x({beta}) + x({v}) + a({k}) + d({q}) + {e_k}", lln,
+                 (("x", beta), ("x", v), ("a", k), ("d", q))),
+            Term(X(beta) + X(v) + D(k) + A(q) + e_k, f"x({beta}) + x({v}) + d({k}) + a({q}) + {e_k}", lln,
+                 (("x", beta), ("x", v), ("d", k), ("a", q))),
+            Term(X(beta) + X(v) + D(k) + D(q) + g0, f"x({beta}) + x({v}) + d({k}) + d({q}) + {g0}", f0,
+                 (("x", beta), ("x", v), ("d", k), ("d", q))),
         ]
         return xs, ds
 
     def _assume(self, node, name, exponent, text):
+        if self._mode != "d":
+            return
         self.assumptions.append((node, name, self._subs(exponent), text))
 
     def _fwd_cross_entropy(self, node):
@@ -548,6 +614,10 @@ class Engine:
                 pacc[node.params["weight"]].append(Term(gv, f"{tag}({name})", "dL/dp at the node exposing p",
                                                         ((tag, name),)))
             getattr(self, f"_bwd_{node.op}", self._bwd_none)(node, gv, acc, pacc)
+        if not after:
+            for name, contrib in self.shares.items():
+                total = grad.get(self.g.nodes[name].inputs[0], NEG_INF)
+                self.shares[name] = emin(contrib - total, ZERO) if total is not NEG_INF else ZERO
         for p, terms in pacc.items():
             pgrad[p] = emax([t.value for t in terms])
             best = _argmax(terms)
@@ -564,14 +634,16 @@ class Engine:
 
     def _times(self, u, e_sum, what=""):
         """Options for the gradient times operand u, summed over dims of total exponent e_sum: the init
-        value (independent of the gradient: CLT) and, after a step, u's change (built from this gradient:
-        correlated, LLN)."""
+        value (independent of the gradient: CLT) and, after a step, u's change: its aligned part is built
+        from this gradient (correlated, LLN), the rest is not (CLT)."""
         fact = R.F_CLT.format(dims=what or "the summed dims", e=e_sum) if e_sum else R.F_ELEM
         opts = [(self.X(u) + e_sum / 2, f"x({u}) + {e_sum / 2}" if e_sum else f"x({u})", fact, ("x", u))]
         if self.after and self.D(u) is not NEG_INF:
-            opts.append((self.D(u) + e_sum, f"d({u}) + {e_sum}",
-                         R.F_LLN.format(dims=what or "the summed dims", e=e_sum) + " [the change is built from "
-                         "this gradient]", ("d", u)))
+            opts.append((self.D(u) + e_sum / 2, f"d({u}) + {e_sum / 2}" if e_sum else f"d({u})", fact, ("d", u)))
+        if self.after and self.A(u) is not NEG_INF and e_sum:
+            opts.append((self.A(u) + e_sum, f"a({u}) + {e_sum}",
+                         R.F_LLN.format(dims=what or "the summed dims", e=e_sum) + " [the aligned change is built "
+                         "from this gradient]", ("a", u)))
         return opts
 
     def _scale_of(self, u):
@@ -590,6 +662,8 @@ class Engine:
         b = self.value_of(("beta", p))
         acc[u].append(Term(gv - b + e_o / 2, f"{g[0]}({node.name}) - beta[{p}] + {e_o / 2}",
                            R.F_CLT.format(dims=fmt_dims(out), e=e_o) + " [W^T g]", (g, ("beta", p))))
+        if not self.after:
+            self.shares[node.name] = gv - b + e_o / 2  # made relative to the input's total gradient below
         if self.after and self.g.params[p].trainable:
             acc[u].append(Term(gv - self.value_of(("rho", p)) + e_o, f"{g[0]}({node.name}) - rho[{p}] + {e_o}",
                                R.F_LLN.format(dims=fmt_dims(out), e=e_o) + " [Delta W^T g: Delta W's rows are "
@@ -672,11 +746,11 @@ class Engine:
                     fact += " and " + R.F_BCAST.format(dims=fmt_dims(shared), e=e_s)
                 pacc[node.params[role]].append(Term(gv + e_s / 2, f"{g[0]}({node.name}) + {e_s / 2}", fact, (g,)))
                 if self.after and shared and self.trained[u]:
-                    rel = emin(self.D(u) - self.X(u), ZERO)
+                    rel = emin(self.A(u) - self.X(u), ZERO)
                     pacc[node.params[role]].append(Term(
-                        gv + rel + e_s, f"{g[0]}({node.name}) + d(normalised {u}) + {e_s}",
-                        R.F_LLN.format(dims=fmt_dims(shared), e=e_s) + " [the normalised input's change is built "
-                        "from this gradient]", (g, ("d", u))))
+                        gv + rel + e_s, f"{g[0]}({node.name}) + a(normalised {u}) + {e_s}",
+                        R.F_LLN.format(dims=fmt_dims(shared), e=e_s) + " [the normalised input's aligned change "
+                        "is built from this gradient]", (g, ("a", u))))
 
     _bwd_layernorm = _bwd_rmsnorm
 
@@ -706,12 +780,14 @@ class Engine:
     def _bwd_delta_rule(self, node, gv, acc, pacc):
         q, k, v, alpha, beta = node.inputs
         e_k, e_v = self.e([node.attrs["key"]]), self.e([node.attrs["value"]])
-        X, D = self.X, self.D
+        X, D, A = self.X, self.D, self.A
         g = self._g(node)
         st = f"{node.name}.state"
         xs_ = self.x[st]
-        # the state's change: its write terms move with beta, v, k
-        ds_ = emax([D(beta) + X(v) + X(k), X(beta) + D(v) + X(k), X(beta) + X(v) + D(k), D(alpha) + xs_])
+
+        def state_change(D):  # the state's change: its write terms move with beta, v, k, its decay with alpha
+            return emax([D(beta) + X(v) + X(k), X(beta) + D(v) + X(k), X(beta) + X(v) + D(k), D(alpha) + xs_])
+
         gs = gv + (emax([X(q), D(q)]) if self.after else X(q))
         gkey = (g[0], st)
         self.steps[gkey] = Step(gkey, gs, f"{g[0]}({node.name}) + x({q})", R.F_STATE_GRAD, (g, ("x", q)))
@@ -720,22 +796,26 @@ class Engine:
         after = self.after
 
         def opts(base, init_extra, changed, e_corr, text, fact):
+            """At init, and after a step: the operand's aligned change (LLN) and its whole change (CLT)."""
             out = [Term(base + init_extra, text, fact, (gkey,))]
             if after:
-                out.append(Term(base + changed + e_corr, text + " (changed operand)", fact + lln, (gkey,)))
+                aligned, whole = changed(A), changed(D)
+                out += [Term(base + aligned + e_corr, text + " (aligned change)", fact + lln, (gkey,)),
+                        Term(base + whole + e_corr / 2, text + " (changed operand)", fact, (gkey,))]
             return out
 
-        acc[q] += opts(gv, xs_ + e_v / 2, ds_, e_v, f"{g[0]}({node.name}) + x(state) + {e_v / 2}",
+        acc[q] += opts(gv, xs_ + e_v / 2, state_change, e_v, f"{g[0]}({node.name}) + x(state) + {e_v / 2}",
                        R.F_CLT.format(dims="(value)", e=e_v) + " [S^T g_o]")
-        acc[v] += opts(gs + X(beta), X(k) + e_k / 2, D(k), e_k, f"g(state) + x({beta}) + x({k}) + {e_k / 2}",
-                       R.F_CLT.format(dims="(key)", e=e_k) + " [beta g_S k]")
+        acc[v] += opts(gs + X(beta), X(k) + e_k / 2, lambda D: D(k), e_k,
+                       f"g(state) + x({beta}) + x({k}) + {e_k / 2}", R.F_CLT.format(dims="(key)", e=e_k) + " [beta g_S k]")
         write_k = X(beta) + X(v) + e_v / 2
         erase_k = X(beta) + xs_ + X(k) + e_v / 2 + e_k / 2
-        acc[k] += opts(gs, emax([write_k, erase_k]), X(beta) + D(v), e_v,
+        acc[k] += opts(gs, emax([write_k, erase_k]), lambda D: X(beta) + D(v), e_v,
                        f"max(g(state) + x({beta}) + x({v}) + {e_v / 2}, erase term)",
                        R.F_CLT.format(dims="(value)", e=e_v) + " [beta g_S^T v, and the erase term]")
-        acc[beta] += opts(gs, X(v) + X(k) + e_v / 2 + e_k / 2, emax([D(v) + X(k), X(v) + D(k)]), e_v + e_k, f"g(state) + x({v}) + x({k}) + {e_v / 2} + {e_k / 2}", both + " [<g_S, v k^T>]")
-        acc[alpha] += opts(gs, xs_ + e_v / 2 + e_k / 2, ds_, e_v + e_k,
+        acc[beta] += opts(gs, X(v) + X(k) + e_v / 2 + e_k / 2, lambda D: emax([D(v) + X(k), X(v) + D(k)]),
+                          e_v + e_k, f"g(state) + x({v}) + x({k}) + {e_v / 2} + {e_k / 2}", both + " [<g_S, v k^T>]")
+        acc[alpha] += opts(gs, xs_ + e_v / 2 + e_k / 2, state_change, e_v + e_k,
                            f"g(state) + x(state) + {e_v / 2} + {e_k / 2}", both + " [<g_S, S>]")
 
 

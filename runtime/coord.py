@@ -2,7 +2,9 @@
 optimizer step, and compare the log-log slope with the exponent the engine predicts.
 
 Step 0 is the node's value at init (predicted: its size exponent x); step t >= 1 is its change since init
-after t optimizer steps on one fixed batch (predicted: the change exponent d)."""
+after t optimizer steps on one fixed batch (predicted: the change exponent to first order in the learning
+rate, d1: at the small learning rates of a coordinate check, products of two changes are not yet visible at
+these widths; they dominate only once lr * n^(their extra exponent) is large)."""
 
 from __future__ import annotations
 
@@ -154,7 +156,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         if name not in runs[widths[0], 0]:
             continue
         for t in range(steps + 1):
-            pred = d.engine.X(name) if t == 0 else d.engine.D(name)
+            pred = d.engine.X(name) if t == 0 else d.engine._subs(d.engine.d1[name])
             if pred is NEG_INF:
                 continue
             rms = [math.exp(sum(math.log(max(runs[w, s][name][t], 1e-300)) for s in range(seeds)) / seeds)

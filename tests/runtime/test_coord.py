@@ -18,6 +18,15 @@ def test_mlp_mup_passes_every_node():
     assert {n.name for n in r["nodes"]} == {"h0", "a0", "h1", "a1", "h2", "a2", "logits"}
 
 
+def test_transformer_mup_sgd_passes_every_node():
+    # SGD's first steps follow the gradients at init: q and k move along each other only by their own
+    # (n^-1/2 short) updates, so the attention scores change by n^1/2; the engine predicts it.
+    r = coord.coord_check("transformer", {"layers": "2"}, steps=3, optimizer="sgd", progress=False)
+    failed = [(n.name, n.step, n.predicted, round(n.measured, 3)) for n in r["nodes"] if not n.passed]
+    assert failed == []
+    assert {n.predicted for n in r["nodes"] if n.name == "l0_attn_scores" and n.step} == {0.5}
+
+
 def test_sp_blow_up_is_predicted_for_the_mlp():
     # SP (fan-in init, one LR): after an Adam step the hidden pre-activations move by n^1 (TP4/TP5). Two
     # terms compete (Delta W x ~ n, W Delta x ~ n^1/2): the n^1 one wins clearly from width 256 on.
