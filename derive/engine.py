@@ -6,9 +6,9 @@ Three passes over the graph, all in exponents of the width n:
    through parameter-free ops. Only that part is built from the gradient reaching the node, so only it is
    correlated with the other factor of a contraction the node feeds (LLN); the rest of the change comes
    from upstream updates driven by other consumers' gradients and contracts like an independent vector.
-   Also the change to first order in the learning rate (d1): no products of two changes.
-   That is what a coordinate check at a small learning rate measures; d adds the higher orders that
-   dominate as the width grows at a fixed learning rate.
+   Also the change to first order in the learning rate (d1): no products of two changes. That is what a
+   coordinate check at a small learning rate measures; d adds the second-order terms that dominate once
+   lr * n^(their extra exponent) is large.
    Each parameter's init exponent beta = a+b and update exponent rho (Delta W is n^-rho per entry) and each
    multiplier slot's exponent s are unknowns. At the first node whose bound they enter, each is solved to be
    as large as allowed (largest init, largest update, largest multiplier) without any node exceeding its
@@ -217,7 +217,7 @@ class Engine:
                                             best.deps)
 
     def _cap(self, value, text):
-        """A change capped at the output's scale (saturation, e.g. of a normalised or gated value)."""
+        """A change capped at the output's scale (saturation of a normalised, gated or softmaxed value)."""
         return emin(value, ZERO), f"min({text}, 0)"
 
     @property

@@ -2,9 +2,9 @@
 optimizer step, and compare the log-log slope with the exponent the engine predicts.
 
 Step 0 is the node's value at init (predicted: its size exponent x); step t >= 1 is its change since init
-after t optimizer steps on one fixed batch (predicted: the change exponent to first order in the learning
-rate, d1: at the small learning rates of a coordinate check, products of two changes are not yet visible at
-these widths; they dominate only once lr * n^(their extra exponent) is large)."""
+after t optimizer steps on one fixed batch (predicted: d1, the change to first order in the learning rate;
+products of two changes are second order and stay below the first-order terms at coordinate-check learning
+rates and widths, taking over only once lr * n^(their extra exponent) is large; under muP d1 = d)."""
 
 from __future__ import annotations
 
