@@ -130,8 +130,9 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
     else:
         abc, slots = given_values(graph, opt, parametrization)
         given = {("beta", p): a + b for p, (a, b, c) in abc.items()} | {("s", s): v for s, v in slots.items()}
-        # A first pass measures the gradients at init: SGD's first step is as large as they are, and each
-        # linear layer's share of the gradient at its input says how much of that input's change is along it.
+        # A first pass measures the gradients at init (they depend on the init exponents only): SGD's first
+        # step is as large as they are, and each linear layer's share of the gradient at its input says how
+        # much of that input's change lies along it.
         if not opt.grad_coef:
             for p, (a, b, c) in abc.items():
                 given[("rho", p)] = opt.rho(a, b, c, 0)
@@ -140,7 +141,6 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
             for p, (a, b, c) in abc.items():
                 grad = first.pgrad.get(p, NEG_INF)
                 given[("rho", p)] = None if grad is NEG_INF else opt.rho(a, b, c, grad)
-            first = Engine(graph, opt, given).run()
         engine = Engine(graph, opt, given, shares=first.shares).run()
     rules = []
     for p in graph.params.values():
