@@ -55,6 +55,11 @@ def main():
           "Widths 64-1024 (base 64), 3 steps, batch 4 x 64 bytes of the standard library, sizes averaged over "
           f"{SEEDS} seeds, tolerance "
           f"{coord.TOLERANCE} on the log-log slope. Step 0 = size at init, step t = change after t steps.", "",
+          "Predictions are first order in the learning rate (d1; equal to the full change under muP). Two muP "
+          "misses are finite-width crossovers, traced input by input up to width 4096 in "
+          "[change_terms.md](change_terms.md): GDN `o` (its q/k parts flatten to slope -0.1 while the v part "
+          "falls as n^-1/2) and the transformer's attention scores (q/k parts reach slope 1.04). In the heads "
+          "regime (heads = width/64) the per-head gates average over 1-16 heads.", "",
           "| model | parametrization | optimizer | nodes passing | failing nodes (node@step, most common) |",
           "|---|---|---|---|---|", *lines]
     (OUT / "summary.md").write_text("\n".join(md) + "\n")
