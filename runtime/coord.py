@@ -20,6 +20,7 @@ from mudelta.derive.rules import NEG_INF
 from mudelta.graphs.presets import PRESETS, load, options
 
 from .data import byte_batch
+from .models import make_optimizer, model_class  # noqa: F401  (re-exported)
 
 TOLERANCE = 0.2  # |measured slope - predicted exponent| allowed, fixed before looking at any result
 DEFAULT_LR = {"sgd": 0.1, "sgd-nesterov": 0.05, "adam": 1e-2, "adamw": 1e-2}
@@ -36,25 +37,6 @@ class NodeCheck:
     @property
     def passed(self) -> bool:
         return abs(self.measured - self.predicted) <= TOLERANCE
-
-
-def make_optimizer(name: str, groups, lr: float):
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
-    if name == "sgd-nesterov":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def model_class(module):
-    for name in ("GatedDeltaNetForCausalLM", "TransformerForCausalLM", "MLPClassifier"):
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ValueError("the generated module has no model class")
 
 
 def _batch(model, batch: int, seq: int, seed: int):

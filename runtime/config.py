@@ -1,0 +1,206 @@
+"""The training config: one YAML file with sections model, data, train and an output folder, overridable from
+the command line with --set section.key=value (or key=value when the key is unique across sections)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or an override is invalid; the message names the key (and the file)."""
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "gdn"  # a builtin preset or a YAML spec path
+    options: dict = field(default_factory=dict)  # preset options (see `mudelta presets`), e.g. layers: 8
+    width: int = 128
+    base_width: int = 128
+    parametrization: str = "mup"  # mup | sp | ntk | mf
+    optimizer: str = "adamw"  # adamw | adam | sgd | sgd-nesterov (the rules are derived for it)
+    module: str | None = None  # an already generated model file: used instead of rendering spec
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/stdlib-bytes"  # a folder written by `mudelta data prepare`
+    seq: int = 256  # tokens per sequence
+    batch: int = 32  # sequences per step, summed over all processes (the global batch)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 3e-3  # base learning rate; each param group multiplies it by its derived factor
+    warmup: int = 100  # linear warmup steps, then cosine to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    betas: list = field(default_factory=lambda: [0.9, 0.95])  # Adam(W)
+    eps: float = 1e-8  # Adam(W), scaled per group by the generated rules
+    momentum: float = 0.9  # SGD with Nesterov momentum
+    seed: int = 0  # model init and data order
+    dtype: str = "bf16"  # bf16 autocast on CUDA (fp32 turns it off); CPU always runs float32
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 100  # validation loss every N steps (and at the last step)
+    eval_batches: int = 8
+    log_every: int = 10
+    ckpt_every: int = 0  # checkpoint every N steps (0: only at the end)
+    keep_ckpts: int = 2
+    diverge_margin: float | None = 2.0  # stop as diverged when the loss exceeds the first step's loss by this
+    peak_flops: float | None = None  # per device, for MFU (default: known GPUs' bf16 dense peak)
+    fsdp: bool = False  # under torchrun: FSDP2 (fully_shard) instead of DDP
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def trajectory(self) -> dict:
+        """Everything that changes the sequence of losses (not logging, checkpointing, compile, device)."""
+        d = self.to_dict()
+        for key in (
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "ckpt_every",
+            "keep_ckpts",
+            "compile",
+            "peak_flops",
+            "device",
+        ):
+            d["train"].pop(key)
+        d.pop("out")
+        return d
+
+    def trajectory_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.trajectory(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(value, current, key: str, where: str):
+    """Parse an override string (YAML syntax) and check it has the type of the field's default."""
+    if isinstance(value, str):
+        if not isinstance(current, (str, type(None))):  # strings stay as given
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{where}{key}: cannot parse {value!r}: {exc}") from None
+        elif value in ("null", "~", "None"):
+            value = None
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, float) or current is None and key.endswith(("margin", "flops")):
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+        value = float(value) if ok and value is not None else value
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, list):
+        ok = isinstance(value, list)
+    elif isinstance(current, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = value is None or isinstance(value, str)
+        value = value if value is None else str(value)
+    if not ok:
+        raise ConfigError(f"{where}{key}: expected {type(current).__name__}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, key: str, value, where: str = "") -> None:
+    parts = key.split(".")
+    if parts[0] == "out" and len(parts) == 1:
+        cfg.out = str(value)
+        return
+    if parts[0] not in SECTIONS:
+        owners = [s for s, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
+        if len(owners) != 1:
+            known = sorted({f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)})
+            what = "ambiguous" if owners else "unknown"
+            raise ConfigError(f"{where}{key}: {what} key; known keys: out, {', '.join(known)}")
+        parts = [owners[0], *parts]
+    section = getattr(cfg, parts[0])
+    if len(parts) == 1:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}: expected a mapping of {parts[0]} settings")
+        for k, v in value.items():
+            _set(cfg, f"{parts[0]}.{k}", v, where)
+        return
+    names = {f.name for f in dataclasses.fields(section)}
+    if parts[1] not in names:
+        raise ConfigError(f"{where}{'.'.join(parts)}: unknown key; {parts[0]} has {', '.join(sorted(names))}")
+    if parts[0] == "model" and parts[1] == "options":  # preset options are strings, as on the command line
+        value = {".".join(parts[2:]): value} if len(parts) > 2 else value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}: expected a mapping of preset options, e.g. {{layers: 8}}")
+        section.options = {**section.options, **{str(k): _option(v) for k, v in value.items()}}
+        return
+    if len(parts) > 2:
+        raise ConfigError(f"{where}{key}: {parts[0]}.{parts[1]} has no sub-keys")
+    setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), ".".join(parts), where))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """A Config from a YAML file (or the defaults) with `key=value` overrides applied in order."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config {path}: no such file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, out")
+        for key, value in raw.items():
+            if key == "sweep":  # read by `mudelta sweep`
+                continue
+            _set(cfg, key, value, f"config {path}: ")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict | None) -> Config:
+    """Apply `key=value` strings (or a mapping) to cfg in place and return it."""
+    items = overrides.items() if isinstance(overrides, dict) else [_pair(p) for p in overrides or []]
+    for key, value in items:
+        _set(cfg, key, value, "--set ")
+    return cfg
+
+
+def _option(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.lr=1e-3")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    for key, value in d.items():
+        _set(cfg, key, value)
+    return cfg

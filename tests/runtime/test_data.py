@@ -1,0 +1,87 @@
+"""`mudelta data prepare`: byte and BPE shards, the header, a deterministic split, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+from mudelta.runtime import data
+from mudelta.runtime.cli import main
+
+
+def corpus(tmp_path, n=12):
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    for i in range(n):
+        folder = src / "sub" if i % 2 else src
+        (folder / f"doc{i:02d}.txt").write_text(
+            f"document {i}: " + "the quick brown fox jumps. " * (20 + i) + "\n"
+        )
+    return src
+
+
+def test_bytes_shards_and_header(tmp_path):
+    src = corpus(tmp_path)
+    h = data.prepare([str(src)], tmp_path / "out", "bytes", val_fraction=0.2, progress=False)
+    assert h["tokenizer"] == {"kind": "bytes", "vocab_size": 256, "eot": None, "file": None}
+    assert h["dtype"] == "uint16"
+    total = sum(p.stat().st_size for p in src.rglob("*.txt"))
+    assert h["splits"]["train"]["tokens"] + h["splits"]["val"]["tokens"] == total
+    assert h["splits"]["train"]["documents"] + h["splits"]["val"]["documents"] == 12
+    assert h["splits"]["val"]["documents"] >= 1 and h["splits"]["train"]["documents"] >= 1
+    assert h["sources"][0]["documents"] == 12 and len(h["sources"][0]["sha256"]) == 64
+    on_disk = json.loads((tmp_path / "out" / "header.json").read_text())
+    assert on_disk == h
+    td = data.TokenData(tmp_path / "out")
+    shard = td.split("train")[0]
+    assert shard.dtype == np.uint16 and bytes(shard[:9].astype(np.uint8)).startswith(b"document")
+    x, y = data.Batches(td, 4, 16, seed=0)(0)
+    assert x.shape == (4, 16) and (x[:, 1:] == y[:, :-1]).all()
+
+
+def test_split_is_a_function_of_the_documents(tmp_path):
+    src = corpus(tmp_path)
+    a = data.prepare([str(src / "sub"), str(src / "*.txt")], tmp_path / "a", "bytes", 0.3, progress=False)
+    b = data.prepare([str(src / "*.txt"), str(src / "sub")], tmp_path / "b", "bytes", 0.3, progress=False)
+    # the same documents land in val whatever the order of the sources
+    assert a["splits"]["val"]["tokens"] == b["splits"]["val"]["tokens"]
+    va = sorted(bytes(data.TokenData(tmp_path / "a").split("val")[0].astype(np.uint8)).split(b"\n"))
+    vb = sorted(bytes(data.TokenData(tmp_path / "b").split("val")[0].astype(np.uint8)).split(b"\n"))
+    assert va == vb
+    again = data.prepare([str(src / "sub"), str(src / "*.txt")], tmp_path / "a", "bytes", 0.3, progress=False)
+    assert again == a
+
+
+def test_bpe(tmp_path):
+    src = corpus(tmp_path)
+    h = data.prepare([str(src)], tmp_path / "bpe", "bpe", vocab_size=300, val_fraction=0.2, progress=False)
+    tok = h["tokenizer"]
+    assert tok["kind"] == "bpe" and 257 < tok["vocab_size"] <= 300 and tok["eot"] is not None
+    assert (tmp_path / "bpe" / "tokenizer.json").exists()
+    ids = data.TokenData(tmp_path / "bpe").split("train")[0]
+    assert ids.max() < tok["vocab_size"]
+    assert (ids == tok["eot"]).sum() == h["splits"]["train"]["documents"]  # one end-of-text per document
+    assert h["splits"]["train"]["tokens"] < sum(p.stat().st_size for p in src.rglob("*.txt"))  # it compresses
+
+
+def test_clear_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    with pytest.raises(data.DataError, match="no text in .*empty"):
+        data.prepare([str(tmp_path / "empty")], tmp_path / "o", progress=False)
+    with pytest.raises(data.DataError, match="missing.*no such file"):
+        data.prepare([str(tmp_path / "missing")], tmp_path / "o", progress=False)
+    with pytest.raises(data.DataError, match="no files match"):
+        data.prepare([str(tmp_path / "*.nothing")], tmp_path / "o", progress=False)
+    with pytest.raises(data.DataError, match="vocab-size 100"):
+        data.prepare([str(tmp_path)], tmp_path / "o", "bpe", vocab_size=100, progress=False)
+    with pytest.raises(data.DataError, match="no header.json"):
+        data.TokenData(tmp_path / "empty")
+    assert main(["data", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_cli_default_source_is_the_stdlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK", 1 << 20)
+    assert main(["data", "prepare", "--out", str(tmp_path / "std"), "--pattern", "a*.py", "--quiet"]) == 0
+    h = json.loads((tmp_path / "std" / "header.json").read_text())
+    assert h["sources"][0]["source"].startswith("stdlib:") and h["splits"]["train"]["tokens"] > 10_000

@@ -1,0 +1,102 @@
+"""The training loop: bit-exact resume, refused checkpoints, divergence named by step and param group,
+the schedule."""
+
+import json
+import math
+import shutil
+
+import pytest
+from conftest import tiny_overrides
+from mudelta.runtime.checkpoint import CheckpointError
+from mudelta.runtime.cli import main
+from mudelta.runtime.config import load_config
+from mudelta.runtime.train import lr_factor, run
+
+
+def losses(out):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r], [
+        (r["step"], r["val_loss"]) for r in rows if "val_loss" in r
+    ]
+
+
+def test_resume_is_bit_exact(byte_data, tmp_path):
+    a = tmp_path / "a"
+    cfg = load_config(None, tiny_overrides(byte_data, a, **{"train.ckpt_every": 3, "train.keep_ckpts": 3}))
+    result = run(cfg, progress=False)
+    assert not result["diverged"] and result["tokens"] == 6 * 4 * 32 and result["flops_per_token"] > 0
+    assert result["final_val_loss"] < result["init_loss"]
+    # interrupted after step 3: drop the last checkpoint, resume from the one at step 3
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "checkpoints" / "step_00000006")
+    (b / "checkpoints" / "latest").write_text("step_00000003\n")
+    cfg_b = load_config(None, tiny_overrides(byte_data, b))
+    result_b = run(cfg_b, resume=True, progress=False)
+    assert losses(a) == losses(b)  # every train and val loss identical, to the bit
+    assert result_b["final_val_loss"] == result["final_val_loss"]
+    meta = json.loads((b / "checkpoints" / "step_00000006" / "state.json").read_text())
+    assert meta["step"] == 6 and meta["data_position"]["window"] == 24 and "rng" in meta
+
+
+def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2})), progress=False)
+    with pytest.raises(CheckpointError, match="already holds a run.*--resume"):
+        run(load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2})), progress=False)
+    with pytest.raises(
+        CheckpointError, match=r"different configuration \(train.lr: 0.01 in the checkpoint, 0.02"
+    ):
+        run(
+            load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2, "train.lr": 0.02})),
+            resume=True,
+            progress=False,
+        )
+    f = out / "checkpoints" / "step_00000002" / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    args = ["train", "--resume", "--quiet"] + [
+        x for o in tiny_overrides(byte_data, out, **{"train.steps": 2}) for x in ("--set", o)
+    ]
+    assert main(args) == 2
+    assert "model.safetensors is corrupt" in capsys.readouterr().err
+
+
+def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
+    out = tmp_path / "nan"
+    sets = tiny_overrides(
+        byte_data,
+        out,
+        **{
+            "model.optimizer": "sgd-nesterov",
+            "train.lr": 1e12,
+            "train.grad_clip": 0,
+            "train.diverge_margin": "null",
+            "train.warmup": 0,
+        },
+    )
+    result = run(load_config(None, sets), progress=False)
+    assert result["diverged"] and result["final_val_loss"] is None
+    assert "at step" in result["error"] and "param group" in result["error"]
+    # the CLI exits non-zero with the same message
+    sets2 = [*sets, f"out={tmp_path / 'nan2'}"]
+    assert main(["train", "--quiet"] + [x for o in sets2 for x in ("--set", o)]) == 3
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "param group" in err
+    # a loss far above the first one also counts as diverged
+    margin = run(
+        load_config(
+            None, tiny_overrides(byte_data, tmp_path / "m", **{"train.lr": 3.0, "train.diverge_margin": 0.5})
+        ),
+        progress=False,
+    )
+    assert margin["diverged"] and "diverge_margin" in margin["error"]
+
+
+def test_schedule_warmup_then_cosine_to_the_minimum():
+    cfg = load_config(None, ["train.steps=100", "train.warmup=10", "train.min_lr_ratio=0.1"])
+    f = [lr_factor(s, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))
+    assert f[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
