@@ -61,8 +61,10 @@ def cmd_codegen(args) -> int:
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(source)
         tmp.replace(out)  # atomic: a failed run never leaves half a file
-        print(f"wrote {out} ({graph.name}, {args.parametrization} under {args.optimizer}, base width "
-              f"{args.base_width})")
+        print(
+            f"wrote {out} ({graph.name}, {args.parametrization} under {args.optimizer}, base width "
+            f"{args.base_width})"
+        )
     return 0
 
 
@@ -74,11 +76,22 @@ def cmd_coord_check(args) -> int:
     try:
         widths = [int(w) for w in args.widths.split(",")]
     except ValueError:
-        raise ValueError(f"--widths {args.widths!r}: expected comma-separated integers, e.g. 64,128,256") from None
+        raise ValueError(
+            f"--widths {args.widths!r}: expected comma-separated integers, e.g. 64,128,256"
+        ) from None
     if any(w <= 0 for w in widths):
         raise ValueError(f"--widths {args.widths!r}: widths must be positive")
-    result = coord.coord_check(args.spec, _overrides(args.set), widths, args.steps, args.optimizer,
-                               args.parametrization, args.lr, args.seeds, progress=args.format == "table")
+    result = coord.coord_check(
+        args.spec,
+        _overrides(args.set),
+        widths,
+        args.steps,
+        args.optimizer,
+        args.parametrization,
+        args.lr,
+        args.seeds,
+        progress=args.format == "table",
+    )
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
         coord.plot(result, png)
@@ -100,9 +113,90 @@ def cmd_docs(args) -> int:
     for path in stale:
         print(f"{'out of date' if args.check else 'wrote'}: {path}")
     if args.check and stale:
-        print("mudelta: error: the documents disagree with the tool; run `mudelta docs` to regenerate",
-              file=sys.stderr)
+        print(
+            "mudelta: error: the documents disagree with the tool; run `mudelta docs` to regenerate",
+            file=sys.stderr,
+        )
         return 1
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from mudelta.runtime.data import prepare
+
+    header = prepare(
+        args.sources,
+        args.out,
+        args.tokenizer,
+        args.vocab_size,
+        args.val_fraction,
+        args.pattern,
+        args.text_column,
+        progress=not args.quiet,
+    )
+    splits = ", ".join(
+        f"{k} {v['tokens']:,} tokens in {v['documents']} documents" for k, v in header["splits"].items()
+    )
+    print(
+        f"wrote {args.out}: {header['tokenizer']['kind']} tokens (vocab {header['tokenizer']['vocab_size']}); "
+        f"{splits}"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+    import os
+
+    from mudelta.runtime.config import load_config
+    from mudelta.runtime.train import run
+
+    sets = list(args.set or [])
+    if args.fsdp:
+        sets.append("train.fsdp=true")
+    cfg = load_config(args.config, sets)
+    result = run(cfg, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+    if result["diverged"]:
+        print(f"mudelta: error: training diverged: {result['error']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from mudelta.runtime.sweep import load_sweep, run_sweep
+
+    base, grid = load_sweep(args.config, args.preset, args.set)
+    devices = None if args.devices is None else [d for d in args.devices.split(",") if d != ""]
+    if args.cpu:
+        devices = []
+    rows = run_sweep(
+        base, grid, args.results, args.shard, devices, args.per_gpu, args.workers, progress=not args.quiet
+    )
+    errors = [r for r in rows if r["status"] == "error"]
+    for r in errors:
+        print(f"mudelta: trial {r['out']} failed: {r['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_plot(args) -> int:
+    import json
+
+    from mudelta.runtime import plot
+
+    rows = plot.read_results(args.results)
+    summary = plot.summarize(rows, args.metric)
+    if args.output != "none":
+        plot.plot(rows, args.output, args.metric)
+    if args.format == "json":
+        print(json.dumps(summary, indent=1))
+    elif args.format == "markdown":
+        print(plot.markdown(summary), end="")
+    else:
+        print(plot.text(summary), end="")
+        if args.output != "none":
+            print(f"plot: {args.output}")
     return 0
 
 
@@ -116,22 +210,35 @@ def cmd_presets(args) -> int:
 def _common(p):
     p.add_argument("spec", help=f"a builtin preset ({', '.join(PRESETS)}) or a YAML spec path")
     p.add_argument("--optimizer", default="adamw", choices=["sgd", "sgd-nesterov", "adam", "adamw"])
-    p.add_argument("--parametrization", default="mup",
-                   help="mup (derive), or evaluate sp, ntk, mf, or a YAML/JSON file of exponents")
-    p.add_argument("--convention", default="tp5", choices=["tp5", "mup", "tp4"],
-                   help="which (a, b, c) representative to print: tp5 = Tensor Programs V Table 3 (no "
-                        "multipliers), mup = Table 8 / mup package (readout multiplier), tp4 = one global LR")
+    p.add_argument(
+        "--parametrization",
+        default="mup",
+        help="mup (derive), or evaluate sp, ntk, mf, or a YAML/JSON file of exponents",
+    )
+    p.add_argument(
+        "--convention",
+        default="tp5",
+        choices=["tp5", "mup", "tp4"],
+        help="which (a, b, c) representative to print: tp5 = Tensor Programs V Table 3 (no "
+        "multipliers), mup = Table 8 / mup package (readout multiplier), tp4 = one global LR",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option, e.g. layers=24")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mudelta", description="Width-scaling rules (muP), derived from the "
-                                     "computation graph instead of guessed.")
+    parser = argparse.ArgumentParser(
+        prog="mudelta",
+        description="Width-scaling rules (muP), derived from the computation graph instead of guessed.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("derive", help="derive (or evaluate) every parameter's init, multiplier and LR exponent")
+    p = sub.add_parser(
+        "derive", help="derive (or evaluate) every parameter's init, multiplier and LR exponent"
+    )
     _common(p)
     p.add_argument("--format", default="table", choices=["table", "markdown", "json", "latex"])
-    p.add_argument("--all-layers", action="store_true", help="one row per layer instead of grouping equal layers")
+    p.add_argument(
+        "--all-layers", action="store_true", help="one row per layer instead of grouping equal layers"
+    )
     p.set_defaults(func=cmd_derive)
     p = sub.add_parser("explain", help="the step-by-step derivation of one parameter's rule")
     _common(p)
@@ -144,9 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-width", type=int, default=256, help="width at which every rule is 1 (default 256)")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_codegen)
-    p = sub.add_parser("coord-check", help="measure coordinate sizes vs width and compare with the derivation")
+    p = sub.add_parser(
+        "coord-check", help="measure coordinate sizes vs width and compare with the derivation"
+    )
     _common(p)
-    p.add_argument("--widths", default="64,128,256,512,1024", help="comma-separated widths; the first is the base")
+    p.add_argument(
+        "--widths", default="64,128,256,512,1024", help="comma-separated widths; the first is the base"
+    )
     p.add_argument("--steps", type=int, default=3, help="optimizer steps after init (default 3)")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: per optimizer)")
     p.add_argument("--seeds", type=int, default=1, help="models per width, rms averaged (geometric mean)")
@@ -154,10 +265,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")
     p.add_argument("--plot", default=None, help="PNG path (default coord_SPEC_PAR_OPT.png; 'none' to skip)")
     p.set_defaults(func=cmd_coord_check)
-    p = sub.add_parser("docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output")
+    p = sub.add_parser(
+        "docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output"
+    )
     p.add_argument("--dir", default="docs", help="output folder (default: docs)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document is out of date")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("data", help="prepare token shards for training")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser(
+        "prepare", help="tokenize text (files, folders, globs, a datasets folder) into shards"
+    )
+    p.add_argument(
+        "sources",
+        nargs="*",
+        help="files, folders, globs or a saved Hugging Face datasets folder "
+        "(default: the running interpreter's standard library, *.py)",
+    )
+    p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents for validation")
+    p.add_argument(
+        "--pattern", default=None, help="file-name pattern inside folders (default: all; stdlib *.py)"
+    )
+    p.add_argument("--text-column", default="text", help="text column of a datasets folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_prepare)
+    p = sub.add_parser("train", help="train a generated model from a YAML config")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (sections model, data, train, out)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3 or width=256"
+    )
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sweep", help="learning-rate sweep over widths x lrs x parametrizations x optimizers")
+    p.add_argument("config", nargs="?", default=None, help="YAML config with a `sweep:` section")
+    p.add_argument("--preset", default=None, help="a builtin sweep instead of a config (tiny: CPU, minutes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--results", default=None, help="results JSONL (default: OUT/results.jsonl)")
+    p.add_argument("--shard", default=None, help="i/N: run every N-th trial starting at i (0-based)")
+    p.add_argument("--devices", default=None, help="GPU ids, e.g. 0,1,2,3 (default: all visible)")
+    p.add_argument("--per-gpu", type=int, default=1, help="trials sharing one GPU at a time (default 1)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="CPU: parallel trial processes (1: in this process)"
+    )
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when GPUs are visible")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("plot", help="val loss vs LR per width, optimal LR per width and its drift")
+    p.add_argument("results", help="results JSONL written by `mudelta sweep`")
+    p.add_argument("-o", "--output", default="lr_sweep.png", help="PNG path ('none' to skip)")
+    p.add_argument("--metric", default="final_val_loss", choices=["final_val_loss", "best_val_loss"])
+    p.add_argument("--format", default="table", choices=["table", "json", "markdown"])
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("presets", help="list the builtin presets and their options")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -167,7 +330,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ValueError, KeyError) as exc:
+    except (SpecError, ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"mudelta: error: {msg}", file=sys.stderr)
         return 2

@@ -1,0 +1,215 @@
+"""Sweep results: validation loss vs learning rate per width, the optimal LR per width, its drift in grid
+steps, and the transfer gap (the largest width trained at the LR tuned at the smallest width, against the
+best loss found at the largest width)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a results file; for a trial recorded more than once, the last row."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path}")
+    rows: dict[tuple, dict] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{n}: not a JSON object") from None
+        missing = {"width", "lr", "parametrization", "optimizer"} - set(row)
+        if missing:
+            raise ValueError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
+        rows[row["parametrization"], row["optimizer"], row["width"], row["lr"]] = row
+    return list(rows.values())
+
+
+def _loss(row: dict, metric: str) -> float | None:
+    v = row.get(metric)
+    if row.get("diverged") or row.get("status") == "error" or v is None or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
+    """One entry per (parametrization, optimizer): per width the optimal LR (its index in the LR grid, and
+    whether it sits at the grid's edge), the shift of the optimum from the smallest width in grid steps, the
+    drift (largest minus smallest optimal index), and the transfer gap in percent."""
+    out = []
+    for par, opt in sorted({(r["parametrization"], r["optimizer"]) for r in rows}):
+        mine = [
+            r
+            for r in rows
+            if r["parametrization"] == par and r["optimizer"] == opt and r.get("status") != "error"
+        ]
+        lrs = sorted({r["lr"] for r in mine})
+        widths = sorted({r["width"] for r in mine})
+        table = {(r["width"], r["lr"]): r for r in mine}
+        best = {}
+        for w in widths:
+            scored = [
+                (loss, lr)
+                for lr in lrs
+                if (w, lr) in table and (loss := _loss(table[w, lr], metric)) is not None
+            ]
+            if scored:
+                loss, lr = min(scored)
+                i = lrs.index(lr)
+                best[w] = {
+                    "lr": lr,
+                    "loss": loss,
+                    "index": i,
+                    "edge": i in (0, len(lrs) - 1),
+                    "diverged": sum(1 for lr in lrs if (w, lr) in table and table[w, lr].get("diverged")),
+                }
+            else:
+                best[w] = {"lr": None, "loss": None, "index": None, "edge": False, "diverged": len(lrs)}
+        idx = [b["index"] for b in best.values() if b["index"] is not None]
+        entry = {
+            "parametrization": par,
+            "optimizer": opt,
+            "metric": metric,
+            "lrs": lrs,
+            "widths": widths,
+            "best": best,
+            "drift_steps": max(idx) - min(idx) if idx else None,
+            "shift": {},
+            "transfer": None,
+        }
+        small, large = widths[0], widths[-1]
+        if best[small]["index"] is not None:
+            for w in widths:
+                if best[w]["index"] is not None:
+                    entry["shift"][w] = best[w]["index"] - best[small]["index"]
+        if len(widths) > 1 and best[small]["lr"] is not None and best[large]["loss"] is not None:
+            row = table.get((large, best[small]["lr"]))
+            loss = _loss(row, metric) if row else None
+            entry["transfer"] = {
+                "lr": best[small]["lr"],
+                "width": large,
+                "loss": loss,
+                "best": best[large]["loss"],
+                "best_lr": best[large]["lr"],
+                "diverged": bool(row and row.get("diverged")),
+                "gap_pct": None if loss is None else 100 * (loss / best[large]["loss"] - 1),
+            }
+        out.append(entry)
+    return out
+
+
+def _fmt(x, spec=".4f"):
+    return "-" if x is None else format(x, spec)
+
+
+def text(summary: list[dict]) -> str:
+    lines = []
+    for e in summary:
+        grid = ", ".join(f"{x:.3g}" for x in e["lrs"])
+        lines.append(f"{e['parametrization']} / {e['optimizer']} ({e['metric']}; LR grid {grid})")
+        for w in e["widths"]:
+            b = e["best"][w]
+            shift = e["shift"].get(w)
+            note = " (at the grid edge: widen the grid)" if b["edge"] else ""
+            div = f", {b['diverged']} diverged" if b["diverged"] else ""
+            lines.append(
+                f"  width {w:>5d}: best lr {_fmt(b['lr'], '.3g'):>8s}  loss {_fmt(b['loss'])}  shift "
+                f"{'-' if shift is None else f'{shift:+d}'} steps{div}{note}"
+            )
+        lines.append(f"  drift of the optimum across widths: {_fmt(e['drift_steps'], 'd')} grid steps")
+        t = e["transfer"]
+        if t:
+            gap = (
+                "diverged" if t["diverged"] else ("not run" if t["loss"] is None else f"{t['gap_pct']:+.2f}%")
+            )
+            lines.append(
+                f"  width {t['width']} at the lr tuned at width {e['widths'][0]} ({t['lr']:.3g}): loss "
+                f"{_fmt(t['loss'])} vs best {t['best']:.4f} at lr {t['best_lr']:.3g}: {gap}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def markdown(summary: list[dict]) -> str:
+    out = [
+        "| parametrization | optimizer | width | best lr | loss | shift (grid steps) | diverged |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for e in summary:
+        for w in e["widths"]:
+            b, s = e["best"][w], e["shift"].get(w)
+            out.append(
+                f"| {e['parametrization']} | {e['optimizer']} | {w} | {_fmt(b['lr'], '.3g')}"
+                f"{' (edge)' if b['edge'] else ''} | {_fmt(b['loss'])} | {'-' if s is None else f'{s:+d}'} "
+                f"| {b['diverged']} |"
+            )
+    out += [
+        "",
+        "| parametrization | optimizer | drift (grid steps) | largest width at the small width's lr | gap |",
+        "|---|---|---:|---|---:|",
+    ]
+    for e in summary:
+        t = e["transfer"]
+        gap = "-" if not t else ("diverged" if t["diverged"] else _fmt(t["gap_pct"], "+.2f") + "%")
+        at = "-" if not t else f"width {t['width']}, lr {t['lr']:.3g}: {_fmt(t['loss'])} vs {t['best']:.4f}"
+        out.append(
+            f"| {e['parametrization']} | {e['optimizer']} | {_fmt(e['drift_steps'], 'd')} | {at} | {gap} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> None:
+    """One panel per (parametrization, optimizer): loss vs log2 LR, one line per width (darker = wider), the
+    optimum of each width circled, diverged trials as x at the top of the panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows, metric)
+    if not summary:
+        raise ValueError("no results to plot")
+    opts = sorted({e["optimizer"] for e in summary})
+    pars = sorted({e["parametrization"] for e in summary})
+    fig, axes = plt.subplots(len(opts), len(pars), figsize=(5 * len(pars), 3.8 * len(opts)), squeeze=False)
+    all_widths = sorted({w for e in summary for w in e["widths"]})
+    cmap = plt.get_cmap("viridis")
+    colour = {w: cmap(0.85 * i / max(1, len(all_widths) - 1)) for i, w in enumerate(all_widths)}
+    for e in summary:
+        ax = axes[opts.index(e["optimizer"])][pars.index(e["parametrization"])]
+        mine = [
+            r
+            for r in rows
+            if r["parametrization"] == e["parametrization"] and r["optimizer"] == e["optimizer"]
+        ]
+        finite = [_loss(r, metric) for r in mine if _loss(r, metric) is not None]
+        top = max(finite) if finite else 1.0
+        for w in e["widths"]:
+            pts = sorted(
+                (r["lr"], _loss(r, metric)) for r in mine if r["width"] == w and _loss(r, metric) is not None
+            )
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=colour[w], label=f"width {w}"
+                )
+            b = e["best"][w]
+            if b["lr"] is not None:
+                ax.plot([b["lr"]], [b["loss"]], "o", ms=9, mfc="none", mec=colour[w])
+            div = [r["lr"] for r in mine if r["width"] == w and r.get("diverged")]
+            if div:
+                ax.plot(div, [top] * len(div), "x", color=colour[w], ms=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate (log2)")
+        ax.set_ylabel(metric.replace("_", " "))
+        drift = e["drift_steps"]
+        drift = "-" if drift is None else drift
+        ax.set_title(f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} steps")
+        ax.legend(fontsize=7)
+    fig.suptitle("validation loss vs learning rate (x: diverged; circles: optimum per width)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,138 @@
+"""Sweeps (grid, skip finished, shards, the tiny preset) and the summary `mudelta plot` prints."""
+
+import json
+
+import pytest
+import yaml
+from conftest import tiny_overrides
+from mudelta.runtime import plot
+from mudelta.runtime.cli import main
+from mudelta.runtime.sweep import load_sweep, run_sweep, shard
+
+
+def sweep_file(byte_data, tmp_path):
+    cfg = {"sweep": {"widths": [32, 64], "lrs": [3e-3, 1e-2], "parametrizations": ["mup", "sp"]}}
+    for item in tiny_overrides(byte_data, tmp_path / "sw", **{"train.steps": 2, "model.width": 32}):
+        key, value = item.split("=", 1)
+        section, *rest = key.split(".")
+        if rest:
+            cfg.setdefault(section, {})
+            node = cfg[section]
+            for k in rest[:-1]:
+                node = node.setdefault(k, {})
+            node[rest[-1]] = yaml.safe_load(value)
+        else:
+            cfg[section] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_shards_then_skip_finished(byte_data, tmp_path):
+    path = sweep_file(byte_data, tmp_path)
+    base, grid = load_sweep(str(path), None, None)
+    first = run_sweep(base, grid, shard_spec="0/2", devices=[], progress=False)
+    second = run_sweep(base, grid, shard_spec="1/2", devices=[], progress=False)
+    assert len(first) == len(second) == 4
+    rows = [json.loads(x) for x in (tmp_path / "sw" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {(r["width"], r["lr"], r["parametrization"]) for r in rows} == {
+        (w, lr, p) for w in (32, 64) for lr in (3e-3, 1e-2) for p in ("mup", "sp")
+    }
+    for r in rows:
+        assert r["status"] == "ok" and r["tokens"] == 2 * 4 * 32 and r["final_val_loss"] > 0
+        assert {"best_val_loss", "diverged", "tokens_per_s", "seconds", "optimizer"} <= set(r)
+    # at the base width muP and SP are the same model: identical losses
+    at_base = {(r["lr"], r["parametrization"]): r["final_val_loss"] for r in rows if r["width"] == 32}
+    assert at_base[3e-3, "mup"] == at_base[3e-3, "sp"]
+    assert run_sweep(base, grid, devices=[], progress=False) == []  # everything finished: nothing runs
+    base2, grid2 = load_sweep(str(path), None, ["train.steps=3"])  # a changed config is a new trial
+    assert len(run_sweep(base2, grid2, shard_spec="0/4", devices=[], progress=False)) == 2
+
+
+def test_shard_spec():
+    assert shard(list(range(5)), "1/2") == [1, 3]
+    with pytest.raises(ValueError, match="0 <= i < N"):
+        shard([1], "2/2")
+    with pytest.raises(ValueError, match="expected i/N"):
+        shard([1], "x")
+
+
+def test_tiny_preset_runs_on_cpu(tmp_path, capsys):
+    # the CI-sized run of the preset: fewer steps than `mudelta sweep --preset tiny`
+    out = tmp_path / "tiny"
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "tiny",
+                "--cpu",
+                "--quiet",
+                "--set",
+                f"out={out}",
+                "--set",
+                "train.steps=4",
+                "--set",
+                "data.seq=32",
+            ]
+        )
+        == 0
+    )
+    rows = plot.read_results(out / "results.jsonl")
+    assert len(rows) == 3 * 4 * 2
+    assert main(["plot", str(out / "results.jsonl"), "-o", str(tmp_path / "p.png"), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {(e["parametrization"], e["optimizer"]) for e in summary} == {("mup", "adamw"), ("sp", "adamw")}
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def rows_from(table, par="mup", opt="adamw", diverged=()):
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    out = []
+    for w, losses in table.items():
+        for lr, loss in zip(lrs, losses, strict=True):
+            d = (w, lr) in diverged
+            out.append(
+                {
+                    "width": w,
+                    "lr": lr,
+                    "parametrization": par,
+                    "optimizer": opt,
+                    "status": "diverged" if d else "ok",
+                    "diverged": d,
+                    "final_val_loss": None if d else loss,
+                }
+            )
+    return out
+
+
+def test_summary_optimum_drift_and_transfer():
+    mup = rows_from(
+        {128: [3.0, 2.9, 2.8, 2.85, 3.0], 256: [2.9, 2.8, 2.7, 2.71, 2.9], 512: [2.8, 2.7, 2.61, 2.6, 2.8]}
+    )
+    sp = rows_from(
+        {128: [3.0, 2.9, 2.8, 2.85, 3.0], 256: [2.8, 2.7, 2.9, 3.0, 3.1], 512: [2.6, 2.7, 2.9, 3.2, 9.9]},
+        par="sp",
+        diverged={(512, 1.6e-2)},
+    )
+    s = {e["parametrization"]: e for e in plot.summarize(mup + sp)}
+    m = s["mup"]
+    assert [m["best"][w]["lr"] for w in (128, 256, 512)] == [4e-3, 4e-3, 8e-3]
+    assert m["shift"] == {128: 0, 256: 0, 512: 1} and m["drift_steps"] == 1
+    assert m["transfer"]["lr"] == 4e-3 and m["transfer"]["gap_pct"] == pytest.approx(100 * (2.61 / 2.6 - 1))
+    p = s["sp"]
+    assert p["shift"] == {128: 0, 256: -1, 512: -2} and p["drift_steps"] == 2
+    assert p["best"][512]["edge"] and p["best"][512]["diverged"] == 1
+    text = plot.text(plot.summarize(mup + sp))
+    assert "drift of the optimum across widths: 1 grid steps" in text and "grid edge" in text
+    assert "+0.38%" in text
+    md = plot.markdown(plot.summarize(mup + sp))
+    assert "| mup | adamw | 512 | 0.008 | 2.6000 | +1 | 0 |" in md
+
+
+def test_plot_cli_errors(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "none.jsonl")]) == 2
+    assert "no results file" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"width": 1}\n')
+    assert main(["plot", str(tmp_path / "bad.jsonl"), "-o", "none"]) == 2
+    assert "bad.jsonl:1: missing lr" in capsys.readouterr().err
