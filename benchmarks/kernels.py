@@ -298,11 +298,12 @@ def run_bench(results, shapes=SHAPES):
 
 
 TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles once
-    # prepare, state, output and bwd_state always run with BV = 64 (FIXED_BV in triton_gdn)
+    # prepare, state, output, bwd_du_local and bwd_state always run with BV = 64 (FIXED_BV in triton_gdn)
     "prepare": [(64, 4, 1), (64, 2, 1), (64, 4, 2)],
     "state": [(64, 4, 2), (64, 4, 3), (64, 8, 2)],
     "output": [(64, 4, 2), (64, 4, 3), (64, 4, 1)],
-    "bwd_state": [(64, 4, 1), (64, 8, 1)],
+    "bwd_du_local": [(64, 4, 1), (64, 8, 1)],
+    "bwd_state": [(64, 4, 1), (64, 4, 2), (64, 8, 2)],
     "bwd_dqk": [(32, 8, 1), (64, 8, 1), (64, 4, 1), (128, 8, 1)],
     "bwd_wy": [(64, 8, 1), (64, 4, 1), (128, 8, 1), (32, 4, 1)],
     "decode": [(32, 4, 1), (16, 2, 1), (64, 4, 1), (32, 2, 1), (16, 4, 1)],
@@ -374,12 +375,12 @@ def run_tune(results, only=None):
     log("best config:", json.dumps(results["config"]), "prec_inv:", triton_gdn.PREC_INV_LOWP)
 
 
-def profile(results):
-    """Per-kernel times of one fwd+bwd at the first shape (ours and fla's)."""
+def profile(results, shape=0):
+    """Per-kernel times of one fwd+bwd at SHAPES[shape] (ours and fla's)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprof
 
-    B, T, H, K, V = SHAPES[0]
+    B, T, H, K, V = SHAPES[shape]
     inp = make_inputs(B, T, H, K, V, torch.bfloat16, device="cuda", h0=False)
     leaves = [inp[n].detach().clone().requires_grad_(True) for n in ("q", "k", "v", "g", "beta")]
     do = torch.randn_like(inp["v"])
@@ -397,8 +398,8 @@ def profile(results):
                 torch.autograd.backward(o, do)
             torch.cuda.synchronize()
         table = p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
-        log(f"--- profile {name} (5 x fwd+bwd at {SHAPES[0]}) ---\n{table}")
-        results.setdefault("profile", {})[name] = table
+        log(f"--- profile {name} (5 x fwd+bwd at {SHAPES[shape]}) ---\n{table}")
+        results.setdefault("profile", {})[f"{name} {SHAPES[shape]}"] = table
 
 
 def write_outputs(results, out_dir):
@@ -455,7 +456,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", type=int, nargs="*", default=None, help="indices into SHAPES (none: 0)")
     ap.add_argument("--tune", nargs="*", default=None, help="kernels to tune (none listed: all)")
     ap.add_argument("--config-from", default=None, help="kernels.json of a --tune run: use its config")
     ap.add_argument("--shapes", type=int, nargs="*", default=None, help="indices into SHAPES to time")
@@ -492,8 +493,8 @@ def main():
             ok = run_checks(results, skip_fp32=args.skip_fp32)
         if args.bench:
             run_bench(results, SHAPES if args.shapes is None else [SHAPES[i] for i in args.shapes])
-        if args.profile:
-            profile(results)
+        for i in args.profile or ([0] if args.profile is not None else []):
+            profile(results, i)
     finally:
         write_outputs(results, args.out)
     if "bench" in results:

@@ -10,9 +10,10 @@ entering the chunk, gam_i the cumulative sum of g inside the chunk and Gam_ij = 
 
 Forward: `_fwd_prepare` (chunk-parallel: gam, T, W, U~), `_fwd_state` (sequential over chunks: S0 of
 every chunk, U, final state), `_fwd_output` (chunk-parallel: o).
-Backward: `_bwd_state` (sequential, reversed: dS at every chunk end, dU, dS0), `_bwd_dqk`
-(chunk-parallel: dq, the output/state parts of dk, dW, dgam) and `_bwd_wy` (chunk-parallel: backward of
-the UT transform: dv, dbeta, the rest of dk and dgam, dg).  Derivation in benchmarks/NOTES.md.
+Backward: `_bwd_du_local` (chunk-parallel: the dO part of dU), `_bwd_state` (sequential, reversed: dS at
+every chunk end, the rest of dU, dS0), `_bwd_dqk` (chunk-parallel: dq, the output/state parts of dk, dW,
+dgam) and `_bwd_wy` (chunk-parallel: backward of the UT transform: dv, dbeta, the rest of dk and dgam, dg).
+Derivation in benchmarks/NOTES.md.
 
 All sequences are handled as packed tokens [B*T, H, *] with offsets (cu_seqlens); batches without
 cu_seqlens get uniform offsets. Token offsets are 64-bit inside the kernels.
@@ -296,6 +297,49 @@ def _fwd_output(
 
 
 @triton.jit
+def _bwd_du_local(
+    q,
+    k,
+    gam,
+    do,
+    cu,
+    chunk_seq,
+    chunk_pos,
+    scale,
+    du_out,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Chunk-parallel part of dU: scale (Q K^T * Gam * [j <= i])^T dO (off the dependency chain of
+    _bwd_state, which adds the state part)."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
+    tk_off, m_tk = _toff(tok, i_h, tl.arange(0, BK), m_t, H, K)
+    DT = du_out.dtype.element_ty
+    b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+    b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
+    # M^T[j, i] = k_j.q_i Gam_ij for i >= j
+    upper = rows[:, None] <= rows[None, :]
+    b_mt = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
+    b_mt = tl.where(
+        upper, b_mt * (scale * tl.exp(tl.where(upper, b_gam[None, :] - b_gam[:, None], 0.0))), 0.0
+    )
+    b_mt = b_mt.to(DT)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        tv_off, m_tv = _toff(tok, i_h, i_v * BV + tl.arange(0, BV), m_t, H, V)
+        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(DT)
+        b_du = tl.dot(b_mt, b_do, input_precision=PREC)
+        tl.store(du_out + tv_off, b_du.to(DT), mask=m_tv)
+
+
+@triton.jit
 def _bwd_state(
     q,
     k,
@@ -319,6 +363,8 @@ def _bwd_state(
     HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
 ):
+    """Reversed recurrence of the state gradient: dS at every chunk end; completes dU (du_out holds the
+    local part from _bwd_du_local and is overwritten with the whole)."""
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
@@ -330,30 +376,27 @@ def _bwd_state(
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
+    # q, k and w enter the products as loaded: the decays scale rows of a result or of dO instead (no
+    # rounded decayed copies of q and k, fewer live registers along the chain)
     for cc in range(0, NC):
         c = NC - 1 - cc
         t0, L, rows, tok, m_t = _chunk_rows(bos + c * BT, eos, BT)
         tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
         tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+        b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
         b_dhc = b_dh.to(DT)
         tl.store(dh_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_dhc, mask=m_kv)
-        b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
-        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
-        b_w = tl.load(w + tk_off, mask=m_tk, other=0.0)
-        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(DT)
-        b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
-        # M^T[j, i] = k_j.q_i Gam_ij for i >= j
-        upper = rows[:, None] <= rows[None, :]
-        b_mt = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
-        b_mt = tl.where(upper, b_mt * tl.exp(tl.where(upper, b_gam[None, :] - b_gam[:, None], 0.0)), 0.0)
-        b_kd = b_k.to(tl.float32) * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
-        b_du = scale * tl.dot(b_mt.to(DT), b_do, input_precision=PREC)
-        b_du += tl.dot(b_kd.to(DT), b_dhc, input_precision=PREC)
+        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(DT)
+        b_du = tl.load(du_out + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        b_du += tl.dot(b_k, b_dhc, input_precision=PREC) * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
         b_duc = b_du.to(DT)
         tl.store(du_out + tv_off, b_duc, mask=m_tv)
-        b_qe = (b_q.to(tl.float32) * (scale * tl.exp(b_gam))[:, None]).to(DT)
-        b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_qe), b_do, input_precision=PREC)
-        b_dh -= tl.dot(tl.trans(b_w.to(DT)), b_duc, input_precision=PREC)
+        b_q = tl.load(q + tk_off, mask=m_tk, other=0.0).to(DT)
+        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        b_doe = (b_do * (scale * tl.exp(b_gam))[:, None]).to(DT)
+        b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(DT)
+        b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_q), b_doe, input_precision=PREC)
+        b_dh -= tl.dot(tl.trans(b_w), b_duc, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0_out + i_nh.to(tl.int64) * K * V + kv_off, b_dh, mask=m_kv)
 
@@ -592,10 +635,11 @@ def _recurrent_fwd(
 
 # Launch configurations (block of V per program, warps, pipelining stages); benchmarks/kernels.py --tune
 # times alternatives on the GPU and can overwrite these.
-CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4: benchmarks/results/kernels_v4_log.txt)
+CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmarks/results/kernels_v*_log.txt)
     "prepare": dict(BV=64, num_warps=4, num_stages=1),
     "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True),  # lowp: products in PREC_INV
     "output": dict(BV=64, num_warps=4, num_stages=2),
+    "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
     "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
     "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
@@ -607,7 +651,7 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4: benchmarks/re
 # in registers and cast to fp16/bf16 has N = BV = 32 or 128 (seen in _fwd_prepare, _fwd_output, _bwd_state;
 # benchmarks/results/kernels_v4_log.txt); N = 64 passes every check. These kernels always take BV = 64;
 # masks cover V < 64 (checked on the GPU with V = 32).
-FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_state": 64}
+FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_du_local": 64, "bwd_state": 64}
 
 
 def _cfg(name, V):
@@ -729,6 +773,12 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
     do = do.contiguous()
     dh, du = run.empty(NCt, H, K, V), run.empty(B, T, H, V)
     dh0 = run.empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+    run(
+        _bwd_du_local,
+        "bwd_du_local",
+        lambda bv: (NCt, H),
+        *(q, k, gam, do, cu, chunk_seq, chunk_pos, scale, du),
+    )
     run(
         _bwd_state,
         "bwd_state",
