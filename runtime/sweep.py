@@ -216,10 +216,12 @@ def _subprocess(trial: Trial, env: dict, log: Path) -> dict:
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     result_file = trial_dir / "result.json"
-    if proc.returncode != 0 or not result_file.exists():
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise RuntimeError(f"exit code {proc.returncode}; log {log}:\n{tail}")
-    return json.loads(result_file.read_text())
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        if proc.returncode == 0 or result.get("diverged"):  # a diverged run exits non-zero: an outcome
+            return result
+    tail = log.read_text()[-2000:] if log.exists() else ""
+    raise RuntimeError(f"exit code {proc.returncode}; log {log}:\n{tail}")
 
 
 def run_sweep(

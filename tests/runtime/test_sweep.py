@@ -49,6 +49,16 @@ def test_shards_then_skip_finished(byte_data, tmp_path):
     assert len(run_sweep(base2, grid2, shard_spec="0/4", devices=[], progress=False)) == 2
 
 
+def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):
+    # trials in subprocesses: a diverged run exits non-zero, but it is a result (status diverged), not an error
+    path = sweep_file(byte_data, tmp_path)
+    base, grid = load_sweep(str(path), None, ["sweep.widths=[32]", "sweep.parametrizations=[mup]",
+                                              "sweep.lrs=[0.01, 30.0]", "train.diverge_margin=0.5"])
+    rows = {r["lr"]: r for r in run_sweep(base, grid, devices=[], workers=2, progress=False)}
+    assert rows[0.01]["status"] == "ok"
+    assert rows[30.0]["status"] == "diverged" and rows[30.0]["diverged"] and rows[30.0]["error"]
+
+
 def test_shard_spec():
     assert shard(list(range(5)), "1/2") == [1, 3]
     with pytest.raises(ValueError, match="0 <= i < N"):
