@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class ModelConfig:
     parametrization: str = "mup"  # mup | sp | ntk | mf
     optimizer: str = "adamw"  # adamw | adam | sgd | sgd-nesterov (the rules are derived for it)
     module: str | None = None  # an already generated model file: used instead of rendering spec
+    multipliers: dict = field(default_factory=dict)  # base-width constants, e.g. {readout: 4.0}
 
 
 @dataclass
@@ -154,6 +156,20 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}{key}: expected a mapping of preset options, e.g. {{layers: 8}}")
         section.options = {**section.options, **{str(k): _option(v) for k, v in value.items()}}
+        return
+    if parts[0] == "model" and parts[1] == "multipliers":  # name -> positive number
+        value = {".".join(parts[2:]): value} if len(parts) > 2 else value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}: expected a mapping of names to factors, e.g. {{readout: 4.0}}")
+        factors = {}
+        for k, v in value.items():
+            try:
+                factors[str(k)] = float(v) if not isinstance(v, bool) else math.nan
+            except (TypeError, ValueError):
+                factors[str(k)] = math.nan
+            if not factors[str(k)] > 0 or math.isinf(factors[str(k)]):
+                raise ConfigError(f"{where}model.multipliers.{k}: expected a positive number, got {v!r}")
+        section.multipliers = {**section.multipliers, **factors}
         return
     if len(parts) > 2:
         raise ConfigError(f"{where}{key}: {parts[0]}.{parts[1]} has no sub-keys")

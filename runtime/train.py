@@ -132,7 +132,7 @@ def build_model(cfg: Config, vocab: int | None, workdir: Path):
         raise ValueError(
             f"model.module {path} was generated for base width {base}, the config says {m.base_width}"
         )
-    model = cls(module.Config(width=m.width))
+    model = cls(module.Config(width=m.width, multipliers={k: float(v) for k, v in m.multipliers.items()}))
     if vocab is not None and model.cfg.vocab < vocab:
         raise ValueError(
             f"model vocab {model.cfg.vocab} is smaller than the data's {vocab}; set "

@@ -162,3 +162,17 @@ def test_cli_writes_the_file(tmp_path, capsys):
     assert main(["codegen", "gdn", "--set", "layers=1", "--set", "vocab=256", "-o", str(out)]) == 0
     assert "GatedDeltaNetForCausalLM" in out.read_text() and "wrote" in capsys.readouterr().out
     assert main(["codegen", "gdn", "--set", "layerz=1"]) == 2
+
+
+@pytest.mark.parametrize("case", ["gdn", "transformer"])
+def test_base_width_multipliers(case, sources):
+    # a base-width constant multiplies its forward multiplier at every width: the tied readout of the GDN
+    # (a slot) or the transformer's untied lm_head (a layer) scales the logits exactly at init
+    module = load_module(sources[case, "mup"][1], f"gen_mult_{case}")
+    name = "readout" if case == "gdn" else "lm_head"
+    for width in (BASE, 2 * BASE):
+        plain, scaled = build(module, width), build(module, width, multipliers={name: 4.0})
+        idx = batch(module, plain)[0]
+        torch.testing.assert_close(scaled(idx)[0], 4.0 * plain(idx)[0])
+    with pytest.raises(ValueError, match="no forward multiplier.*'lm_heads'"):
+        build(module, BASE, multipliers={"lm_heads": 2.0})

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_overrides
 from mudelta.runtime.checkpoint import CheckpointError
 from mudelta.runtime.cli import main
-from mudelta.runtime.config import load_config
+from mudelta.runtime.config import ConfigError, load_config
 from mudelta.runtime.train import lr_factor, run
 
 
@@ -100,3 +100,18 @@ def test_schedule_warmup_then_cosine_to_the_minimum():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))
     assert f[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+
+
+def test_base_width_multipliers_from_the_config(byte_data, tmp_path):
+    cfg = load_config(None, tiny_overrides(byte_data, tmp_path, **{"model.multipliers.lm_head": "4"}))
+    assert cfg.model.multipliers == {"lm_head": 4.0}
+    result = run(cfg, progress=False)  # the generated model takes them (an unknown name would raise)
+    assert not result["diverged"]
+    for bad in ("0", "-1", "x", "inf"):
+        with pytest.raises(ConfigError, match="model.multipliers.lm_head: expected a positive number"):
+            load_config(None, [f"model.multipliers.lm_head={bad}"])
+    with pytest.raises(ValueError, match="no forward multiplier"):
+        run(
+            load_config(None, tiny_overrides(byte_data, tmp_path / "b", **{"model.multipliers.nope": "2"})),
+            progress=False,
+        )
