@@ -4,9 +4,10 @@ best loss found at the largest width)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from .sweep import read_rows
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -15,13 +16,7 @@ def read_results(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
     rows: dict[tuple, dict] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{n}: not a JSON object") from None
+    for n, row in read_rows(path):
         missing = {"width", "lr", "parametrization", "optimizer"} - set(row)
         if missing:
             raise ValueError(f"{path}:{n}: missing {', '.join(sorted(missing))}")

@@ -142,21 +142,29 @@ def shard(items: list, spec: str | None) -> list:
     return items[i::n]
 
 
+def read_rows(results: Path):
+    """(line number, row) for each row of a results file; a line that is not a JSON object (a trial killed
+    while writing it) is skipped with a warning."""
+    for n, line in enumerate(results.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            print(f"warning: {results}:{n}: not a JSON object, ignored", file=sys.stderr)
+            continue
+        yield n, row
+
+
 def finished(results: Path) -> dict[str, dict]:
     """Trials already in the results file with a final outcome (ok or diverged), by config hash."""
-    done = {}
-    if results.exists():
-        for n, line in enumerate(results.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                print(f"warning: {results}:{n}: not JSON, ignored", file=sys.stderr)
-                continue
-            if row.get("status") in ("ok", "diverged"):
-                done[row["config_hash"]] = row
-    return done
+    if not results.exists():
+        return {}
+    return {
+        row["config_hash"]: row for _, row in read_rows(results) if row.get("status") in ("ok", "diverged")
+    }
 
 
 def _row(trial: Trial, result: dict | None, error: str | None = None) -> dict:
