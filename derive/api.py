@@ -136,7 +136,7 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
         if not opt.grad_coef:
             for p, (a, b, c) in abc.items():
                 given[("rho", p)] = opt.rho(a, b, c, 0)
-        first = Engine(graph, opt, given).run()
+        first = Engine(graph, opt, given).run_init()
         if opt.grad_coef:
             for p, (a, b, c) in abc.items():
                 grad = first.pgrad.get(p, NEG_INF)

@@ -155,6 +155,9 @@ class Engine:
     def A(self, node):
         return self._subs(self.a[node])
 
+    def D1(self, node):
+        return self._subs(self.d1[node])
+
     def e(self, dims) -> sp.Rational:
         return self.g.exponent(dims)
 
@@ -329,7 +332,7 @@ class Engine:
         xs = [Term(-beta + xu + gain, f"-beta[{p}] + x({u}) + {gain}", fact, (("beta", p), ("x", u)))]
         w_dx = R.w_dx_gain(e_c, e_o)
         ds = []
-        if self._mode != "a":  # W . Delta x is aligned with the gradient reaching x, not with this node's
+        if self._mode != "a":  # W . Delta x follows the gradient at x (all its consumers'), not this node's
             share = self.shares_in.get(node.name, ZERO)
             w_dx = max(w_dx + share, e_c / 2)
             fact = R.F_W_DX.format(dims=dims, e=e_c, other=fmt_dims(out), o=e_o)
@@ -821,13 +824,18 @@ class Engine:
 
     # ---- run -------------------------------------------------------------------------------------------
     def run(self):
+        self.run_init()
+        self.backward(after=True)
+        self._learning_rates()
+        return self
+
+    def run_init(self):
+        """Forward pass, the remaining unknowns, and the gradients at init (no learning rates)."""
         self.forward()
         for u in self.unknowns.values():
             if u.solved is None:
                 self._solve(u)
         self.backward()
-        self.backward(after=True)
-        self._learning_rates()
         return self
 
     def _learning_rates(self):

@@ -20,7 +20,7 @@ from mudelta.derive.rules import NEG_INF
 from mudelta.graphs.presets import PRESETS, load, options
 
 from .data import byte_batch
-from .models import make_optimizer, model_class  # noqa: F401  (re-exported)
+from .models import make_optimizer, model_class
 
 TOLERANCE = 0.2  # |measured slope - predicted exponent| allowed, fixed before looking at any result
 DEFAULT_LR = {"sgd": 0.1, "sgd-nesterov": 0.05, "adam": 1e-2, "adamw": 1e-2}
@@ -138,7 +138,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         if name not in runs[widths[0], 0]:
             continue
         for t in range(steps + 1):
-            pred = d.engine.X(name) if t == 0 else d.engine._subs(d.engine.d1[name])
+            pred = d.engine.X(name) if t == 0 else d.engine.D1(name)
             if pred is NEG_INF:
                 continue
             rms = [math.exp(sum(math.log(max(runs[w, s][name][t], 1e-300)) for s in range(seeds)) / seeds)
