@@ -49,11 +49,12 @@ def render(
 
     options = {k: str(v) for k, v in (options or {}).items()}
     key = repr((spec, sorted(options.items()), optimizer, parametrization, int(base_width)))
-    if Path(spec).exists():
-        key += hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+    for source in (spec, parametrization):  # a spec or parametrization file: its content, not just its name
+        if Path(source).is_file():
+            key += hashlib.sha256(Path(source).read_bytes()).hexdigest()
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(spec).stem)
-    path = Path(directory) / f"{stem}_{parametrization}_{optimizer.replace('-', '_')}_{digest}.py"
+    stem, par = (re.sub(r"[^A-Za-z0-9_]", "_", Path(s).stem) for s in (spec, parametrization))
+    path = Path(directory) / f"{stem}_{par}_{optimizer.replace('-', '_')}_{digest}.py"
     if path.exists():
         return path
     flags = " ".join(f"--set {k}={v}" for k, v in sorted(options.items()))

@@ -115,3 +115,16 @@ def test_base_width_multipliers_from_the_config(byte_data, tmp_path):
             load_config(None, tiny_overrides(byte_data, tmp_path / "b", **{"model.multipliers.nope": "2"})),
             progress=False,
         )
+
+
+def test_render_takes_a_parametrization_file_by_content(tmp_path):
+    from mudelta.runtime.models import render
+
+    par = tmp_path / "sub" / "mine.yaml"
+    par.parent.mkdir()
+    text = "parameters: {'layers.*_proj.weight': {a: 0, b: 1/2, c: %s}, '*': {a: 0, b: 0, c: 0}}\n"
+    par.write_text(text % 0)
+    first = render("transformer", {"layers": 1}, "adamw", str(par), 32, tmp_path / "models")
+    assert first.parent == tmp_path / "models" and "mine" in first.name
+    par.write_text(text % 1)  # same path, new exponents: a new module
+    assert render("transformer", {"layers": 1}, "adamw", str(par), 32, tmp_path / "models") != first
