@@ -60,7 +60,11 @@ def run_checks(results, skip_fp32=False):
         ("odd_T_l2norm_bf16", (3, 1000, 8, 128, 128), torch.bfloat16, "normal", {"l2norm": True}),
         ("small_dims_bf16", (2, 777, 4, 64, 96), torch.bfloat16, "normal", {}),
         ("v32_bf16", (2, 1000, 4, 64, 32), torch.bfloat16, "normal", {}),
-        ("long_seq_bf16", (1, 16384, 8, 128, 128), torch.bfloat16, "normal", {}),  # small-grid path
+        ("long_seq_bf16", (1, 16384, 8, 128, 128), torch.bfloat16, "normal", {}),  # segmented state
+        ("segments3_bf16", (2, 2048, 4, 128, 128), torch.bfloat16, "normal", {"segment": 3}),
+        ("k16_bf16", (4, 512, 6, 16, 32), torch.bfloat16, "normal", {}),  # K < 64: padded to BK = 64
+        ("k32_bf16", (4, 512, 6, 32, 64), torch.bfloat16, "normal", {}),
+        ("k32_l2norm_bf16", (4, 512, 6, 32, 64), torch.bfloat16, "normal", {"l2norm": True}),
         ("fp16", (2, 2048, 16, 128, 128), torch.float16, "normal", {}),
         ("fp32", (1, 300, 4, 128, 128), torch.float32, "normal", {}),
     ]
@@ -71,11 +75,14 @@ def run_checks(results, skip_fp32=False):
         torch.manual_seed(hash(name) % 2**31 + int(time.time()))
         inp = make_inputs(B, T, H, K, V, dtype, device=dev, regime=regime)
         t0 = time.time()
+        triton_gdn.SEGMENT_CHUNKS = extra.get("segment")
         try:
             err = compare(chunk_gated_delta_rule, inp, l2norm=extra.get("l2norm", False), ref_fn=ref64)
         except Exception as e:
             log(f"check {name} raised {e!r}")
             err = {"exception": math.inf}
+        finally:
+            triton_gdn.SEGMENT_CHUNKS = None
         ok = all(e < TOL[dtype].get(n, 0) for n, e in err.items())
         out[name] = {"shape": [B, T, H, K, V], "dtype": str(dtype), "regime": regime, "err": err, "ok": ok}
         log(
@@ -203,7 +210,17 @@ def load_fla():
         return None, None, None
 
 
+def unsegmented(*args, **kw):
+    """chunk_gated_delta_rule with the state recurrence run over whole sequences."""
+    triton_gdn.SEGMENT_CHUNKS = 0
+    try:
+        return chunk_gated_delta_rule(*args, **kw)
+    finally:
+        triton_gdn.SEGMENT_CHUNKS = None
+
+
 def run_bench(results, shapes=SHAPES):
+    import triton
     from triton.testing import do_bench
 
     mm, bw = measure_ceilings()
@@ -222,6 +239,8 @@ def run_bench(results, shapes=SHAPES):
         q, k, v, g, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
         do = torch.randn_like(v)
         impls = [("mudelta", chunk_gated_delta_rule)]
+        if B * H * triton.cdiv(V, 64) < 2 * torch.cuda.get_device_properties(0).multi_processor_count:
+            impls.append(("mudelta-noseg", unsegmented))  # what the segmented state recurrence buys
         if fla_chunk is not None:
             impls.append(("fla", fla_chunk))
         for name, fn in impls:
@@ -257,6 +276,24 @@ def run_bench(results, shapes=SHAPES):
                     }
                 )
                 log(f"{name:8s} {mode:8s} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
+        if any(name == "mudelta-noseg" for name, _ in impls):  # segment count: programs per multiprocessor
+            default = triton_gdn.SEGMENT_FILL
+            for fill in (1, 4, 8):
+                triton_gdn.SEGMENT_FILL = fill
+                ms = bench(lambda a=(q, k, v, g, beta): chunk_gated_delta_rule(*a, output_final_state=False))
+                rows.append(
+                    {
+                        "impl": f"mudelta-fill{fill}",
+                        "mode": "fwd",
+                        "shape": [B, T, H, K, V],
+                        "ms": ms,
+                        "tokens_per_s": B * T / (ms * 1e-3),
+                        "roofline_ms": math.nan,
+                        "roofline_frac": math.nan,
+                    }
+                )
+                log(f"mudelta fwd with SEGMENT_FILL={fill} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
+            triton_gdn.SEGMENT_FILL = default
         del q, k, v, g, beta, do, inp
         torch.cuda.empty_cache()
     # decode

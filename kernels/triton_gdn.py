@@ -201,9 +201,12 @@ def _fwd_state(
     h0,
     cu,
     chunk_off,
+    seg,
     h_out,
     vn_out,
     ht_out,
+    seg_e,
+    seg_m,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -214,35 +217,83 @@ def _fwd_state(
     PREC_S: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_HT: tl.constexpr,
+    MODE: tl.constexpr,
+    SEGMENTED: tl.constexpr,
 ):
-    """The state is carried in float32 and its products take PREC_S operands (fp16: 10 mantissa bits like
-    tf32, at twice the rate; or tf32/ieee); the per-chunk states and new values are stored in the
-    intermediate dtype (bf16 for bf16 inputs) for the output kernel and the backward only."""
-    i_v = tl.program_id(0)
-    i_nh = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
-    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+    """The state recurrence over the chunks of one segment of a sequence (a whole sequence unless the
+    sequences are split into segments, see _segments). The state is carried in float32 and its products take
+    PREC_S operands (fp16: 10 mantissa bits like tf32, at twice the rate; or tf32/ieee); the per-chunk states
+    and new values are stored in the intermediate dtype (bf16 for bf16 inputs) for the output kernel and the
+    backward only.
 
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
-    for c in range(0, NC):
+    A chunk maps the state affinely, S -> (e^gam_last I - Kd^T W) S + Kd^T U~, so a segment maps its entering
+    state S to M S + E (M the product of the chunks' K x K matrices, E the end state from a zero start).
+    MODE "run": the recurrence, storing states and new values; a segment after the first starts from
+    E_0 and then M_j S + E_j over the earlier segments j of its sequence (read from seg_e, seg_m).
+    MODE "end": E of every segment (the first starts from h0) into seg_e, nothing else stored.
+    MODE "map": M of the segments a later one needs (not the first, not the last), into seg_m; launched with
+    V = K: the state is the K x K identity and U~ = 0."""
+    i_v = tl.program_id(0)
+    i_sh = tl.program_id(1)
+    i_s = i_sh // H
+    i_h = i_sh % H
+    i_n = tl.load(seg + 3 * i_s)
+    rank = tl.load(seg + 3 * i_s + 1)
+    cs = tl.load(seg + 3 * i_s + 2)  # chunks per segment of this sequence
+    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
+    c_lo = rank * cs
+    c_hi = tl.minimum(c_lo + cs, NC)
+    nseg = tl.maximum(tl.cdiv(NC, cs), 1)
+    cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+    h_base = i_n.to(tl.int64) * H + i_h
+
+    if MODE == "map":
+        # only the segments between the first and the last are needed (the others store the identity)
+        c_hi = tl.where((rank > 0) & (rank < nseg - 1), c_hi, c_lo)
+        b_h = tl.where(cols_k[:, None] == cols_v[None, :], 1.0, 0.0)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_H0:
+            if rank == 0:
+                b_h += tl.load(h0 + h_base * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
+        if MODE == "run" and SEGMENTED:
+            if rank > 0:
+                s0 = i_s.to(tl.int64) - rank  # the sequence's first segment
+                b_h += tl.load(seg_e + (s0 * H + i_h) * K * V + kv_off, mask=m_kv, other=0.0)
+                m_off = cols_k[:, None] * K + cols_k[None, :]
+                m_kk = (cols_k < K)[:, None] & (cols_k < K)[None, :]
+                for j in range(1, rank):
+                    p = (s0 + j) * H + i_h
+                    b_m = tl.load(seg_m + p * K * K + m_off, mask=m_kk, other=0.0)
+                    b_e = tl.load(seg_e + p * K * V + kv_off, mask=m_kv, other=0.0)
+                    b_h = b_e + _mm_inv(b_m, b_h, PREC_S)
+    for c in range(c_lo, c_hi):
         t0, L, rows, tok, m_t = _chunk_rows(bos + c * BT, eos, BT)
         tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
-        tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
-        tl.store(h_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_h.to(h_out.dtype.element_ty), mask=m_kv)
         b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(tl.float32)
-        b_u = tl.load(u + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_vn = b_u - _mm_inv(b_w, b_h, PREC_S)
-        tl.store(vn_out + tv_off, b_vn.to(vn_out.dtype.element_ty), mask=m_tv)
+        if MODE == "map":
+            b_vn = -_mm_inv(b_w, b_h, PREC_S)
+        else:
+            tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+            if MODE == "run":
+                tl.store(
+                    h_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_h.to(h_out.dtype.element_ty), mask=m_kv
+                )
+            b_u = tl.load(u + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+            b_vn = b_u - _mm_inv(b_w, b_h, PREC_S)
+            if MODE == "run":
+                tl.store(vn_out + tv_off, b_vn.to(vn_out.dtype.element_ty), mask=m_tv)
         b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
         b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
         b_h = b_h * tl.exp(g_last) + _mm_inv(tl.trans(b_kd), b_vn, PREC_S)
-    if STORE_HT:
-        tl.store(ht_out + i_nh.to(tl.int64) * K * V + kv_off, b_h, mask=m_kv)
+    if MODE == "end":
+        tl.store(seg_e + (i_s.to(tl.int64) * H + i_h) * K * V + kv_off, b_h, mask=m_kv)
+    elif MODE == "map":
+        tl.store(seg_m + (i_s.to(tl.int64) * H + i_h) * K * K + kv_off, b_h, mask=m_kv)
+    elif STORE_HT:
+        if rank == nseg - 1:
+            tl.store(ht_out + h_base * K * V + kv_off, b_h, mask=m_kv)
 
 
 @triton.jit
@@ -699,12 +750,45 @@ def _chunk_tables(B, T, cu_seqlens, device):
     return cu, chunk_seq, chunk_pos, chunk_off, total
 
 
+# The state recurrence is sequential over a sequence's chunks. When there are too few (sequence, head,
+# V-block) programs to fill the GPU (long sequences, small batches), each sequence is cut into segments run in
+# parallel (see _fwd_state): about 3x the state work on SEGMENT_FILL x more programs. SEGMENT_CHUNKS forces a
+# segment length in chunks (tests), 0 turns segments off; None chooses from the multiprocessor count.
+SEGMENT_CHUNKS = None
+SEGMENT_FILL = 2  # aim at this many programs per multiprocessor
+SEGMENT_MIN = 16  # chunks per segment at least, unless forced
+
+
+def _segments(T, H, V, cu_seqlens, cu, device):
+    """Segment table [nseg, 3] int32 (sequence, rank in it, chunks per segment of it) and nseg."""
+    N = cu.numel() - 1
+    cs = SEGMENT_CHUNKS
+    if cs is None and device.type == "cuda":
+        programs = N * H * triton.cdiv(V, FIXED_BV["state"])
+        want = SEGMENT_FILL * torch.cuda.get_device_properties(device).multi_processor_count // programs
+        if want > 1:
+            longest = T if cu_seqlens is None else int((cu[1:] - cu[:-1]).max())
+            cs = max(SEGMENT_MIN, triton.cdiv(triton.cdiv(longest, BT), want))
+    if not cs:  # one segment per sequence: no host round trip
+        n = torch.arange(N, device=device, dtype=torch.int32)
+        return torch.stack([n, torch.zeros_like(n), torch.full_like(n, 2**30)], 1), N
+    if cu_seqlens is None:
+        per = triton.cdiv(triton.cdiv(T, BT), cs)
+        i = torch.arange(N * per, device=device, dtype=torch.int32)
+        return torch.stack([i // per, i % per, torch.full_like(i, cs)], 1), N * per
+    nchunks = ((cu[1:] - cu[:-1] + BT - 1) // BT).tolist()
+    rows = [(n, r, cs) for n, nc in enumerate(nchunks) for r in range(max(1, triton.cdiv(nc, cs)))]
+    return torch.tensor(rows, dtype=torch.int32, device=device), len(rows)
+
+
 class _Launch:
     """Shape, precision and intermediate dtype of one call, and the launcher of its kernels."""
 
     def __init__(self, q, v, H):
         self.K, self.V, self.H = q.shape[-1], v.shape[-1], H
-        self.BK = _next_pow2(self.K)
+        # K < 64 is padded to BK = 64 (masked): bf16 products with BK = 16 or 32 crash or lose accuracy on
+        # Hopper with Triton 3.6 (the register-cast family of the BV bug below; benchmarks/NOTES.md)
+        self.BK = _next_pow2(self.K, lo=64)
         if self.BK > 256:
             raise ValueError(f"the Triton kernels support K <= 256, got K = {self.K}")
         self.prec = _prec(q.dtype)
@@ -714,11 +798,12 @@ class _Launch:
     def empty(self, *shape, dtype=None):
         return _empty(*shape, device=self.dev, dtype=self.inter if dtype is None else dtype)
 
-    def __call__(self, kernel, name, grid, *args, **const):
-        """Launch kernel with the config of `name`; grid(BV) gives the grid."""
-        BV, kw = _cfg(name, self.V)
+    def __call__(self, kernel, name, grid, *args, V_=None, **const):
+        """Launch kernel with the config of `name`; grid(BV) gives the grid; V_ stands in for V."""
+        V = self.V if V_ is None else V_
+        BV, kw = _cfg(name, V)
         kernel[grid(BV)](
-            *args, H=self.H, K=self.K, V=self.V, BT=BT, BK=self.BK, BV=BV, PREC=self.prec, **const, **kw
+            *args, H=self.H, K=self.K, V=V, BT=BT, BK=self.BK, BV=BV, PREC=self.prec, **const, **kw
         )
 
 
@@ -743,15 +828,21 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
     )
     h, vn = run.empty(NCt, H, K, V), run.empty(B, T, H, V)
     ht = run.empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
-    run(
-        _fwd_state,
-        "state",
-        lambda bv: (triton.cdiv(V, bv), N * H),
-        *(k, w, u, gam, _or(h0, q), cu, chunk_off, h, vn, _or(ht, q)),
+    seg, nseg = _segments(T, H, V, cu_seqlens, cu, q.device)
+    segmented = nseg > N
+    seg_e = run.empty(nseg, H, K, V, dtype=torch.float32) if segmented else q
+    seg_m = run.empty(nseg, H, K, K, dtype=torch.float32) if segmented else q
+    args = (k, w, u, gam, _or(h0, q), cu, chunk_off, seg, h, vn, _or(ht, q), seg_e, seg_m)
+    const = dict(
         PREC_S=_prec_inv(q.dtype) if CONFIG["state"].get("lowp", True) else run.prec,
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
+        SEGMENTED=segmented,
     )
+    if segmented:  # segments' end states and maps first (independent launches), then the recurrence
+        run(_fwd_state, "state", lambda bv: (triton.cdiv(V, bv), nseg * H), *args, MODE="end", **const)
+        run(_fwd_state, "state", lambda bv: (triton.cdiv(K, bv), nseg * H), *args, MODE="map", V_=K, **const)
+    run(_fwd_state, "state", lambda bv: (triton.cdiv(V, bv), nseg * H), *args, MODE="run", **const)
     o = run.empty(B, T, H, V, dtype=v.dtype)
     run(
         _fwd_output,

@@ -22,6 +22,19 @@ CASES = {
     "bf16_varlen": (1, 135, 2, 32, 32, "bfloat16", "normal", {"cu": [0, 1, 2, 66, 67, 130, 135]}),
     "bf16_odd_dims_l2norm": (2, 70, 2, 24, 40, "bfloat16", "normal", {"l2norm": True, "scale": 0.3}),
     "bf16_no_h0": (1, 64, 2, 32, 32, "bfloat16", "normal", {"h0": False}),
+    "bf16_k16": (2, 80, 2, 16, 32, "bfloat16", "normal", {}),
+    "bf16_segments": (1, 300, 2, 32, 32, "bfloat16", "normal", {"segment": 1}),
+    "bf16_segments_varlen": (
+        1,
+        335,
+        2,
+        32,
+        32,
+        "bfloat16",
+        "normal",
+        {"cu": [0, 1, 200, 200, 335], "segment": 2},
+    ),
+    "fp32_segments": (2, 200, 2, 32, 48, "float32", "strong_decay", {"segment": 1}),
     "fp16_normal": (2, 80, 2, 32, 32, "float16", "normal", {}),
     "fp32_normal": (2, 80, 2, 32, 32, "float32", "normal", {}),
     "fp32_varlen": (1, 100, 2, 32, 32, "float32", "strong_decay", {"cu": [0, 1, 65, 66, 100]}),
@@ -96,6 +109,7 @@ def run_case(name):
         seed=hash(name) % 2**31,
     )
     decode = extra.get("decode", False)
+    triton_gdn.SEGMENT_CHUNKS = extra.get("segment")
 
     def fn(
         q,
