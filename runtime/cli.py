@@ -90,7 +90,10 @@ def cmd_coord_check(args) -> int:
         args.parametrization,
         args.lr,
         args.seeds,
+        batch=args.batch,
+        seq=args.seq,
         progress=args.format == "table",
+        base_width=args.base_width,
     )
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
@@ -261,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="optimizer steps after init (default 3)")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: per optimizer)")
     p.add_argument("--seeds", type=int, default=1, help="models per width, rms averaged (geometric mean)")
+    p.add_argument("--batch", type=int, default=4, help="sequences in the fixed batch (default 4)")
+    p.add_argument("--seq", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument(
+        "--base-width", type=int, default=None, help="width at which every rule is 1 (default: first width)"
+    )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")
     p.add_argument("--plot", default=None, help="PNG path (default coord_SPEC_PAR_OPT.png; 'none' to skip)")

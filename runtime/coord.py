@@ -110,7 +110,10 @@ def _first_steps(graph, optimizer: str, parametrization: str):
 
 def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 512, 1024), steps: int = 3,
                 optimizer: str = "adamw", parametrization: str = "mup", lr: float | None = None, seeds: int = 1,
-                batch: int = 4, seq: int = 64, progress: bool = True) -> dict:
+                batch: int = 4, seq: int = 64, progress: bool = True,
+                base_width: int | None = None) -> dict:
+    """Measured slopes vs predicted exponents for every node. The models are generated with every rule 1 at
+    `base_width` (default: the first width), so that widths far above it can be measured at the same base."""
     overrides = dict(overrides or {})
     if spec in PRESETS and "vocab" in options(spec) and "vocab" not in overrides:
         overrides["vocab"] = "256"  # the batch is bytes
@@ -119,7 +122,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
     if len(widths) < 2:
         raise ValueError("a coordinate check needs at least two widths")
     d = _first_steps(graph, optimizer, parametrization)
-    source = generate(graph, optimizer, parametrization, base_width=widths[0])
+    base_width = widths[0] if base_width is None else int(base_width)
+    source = generate(graph, optimizer, parametrization, base_width=base_width)
     module = load_module(source, f"mudelta_coord_{graph.name}_{parametrization}_{optimizer.replace('-', '_')}")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
@@ -145,7 +149,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
                    for w in widths]
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
-            "lr": lr, "steps": steps, "tolerance": TOLERANCE, "nodes": nodes}
+            "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps, "tolerance": TOLERANCE,
+            "nodes": nodes}
 
 
 def to_json(result: dict) -> dict:
@@ -158,7 +163,8 @@ def table(result: dict, failures_only: bool = False) -> str:
     nodes = result["nodes"]
     ok = sum(n.passed for n in nodes)
     head = (f"coord check: {result['spec']}, {result['parametrization']} under {result['optimizer']} "
-            f"(lr {result['lr']}), widths {result['widths']}; step 0 = size at init, step t = change after t "
+            f"(lr {result['lr']}), widths {result['widths']} (base {result['base_width']}), batch "
+            f"{result['batch']} x {result['seq']}; step 0 = size at init, step t = change after t "
             f"steps; slope of log rms vs log width, tolerance {result['tolerance']}")
     rows = [f"{'node':28s} {'step':>4s} {'predicted':>9s} {'measured':>9s}  result"]
     for n in nodes:

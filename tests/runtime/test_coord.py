@@ -55,3 +55,14 @@ def test_cli_json_and_plot(tmp_path, capsys):
 def test_bad_widths():
     with pytest.raises(ValueError, match="at least two widths"):
         coord.coord_check("mlp", {}, widths=(64,), progress=False)
+
+
+def test_base_width_batch_and_seq_are_recorded(capsys):
+    # widths far above the base are measured at the same base (every rule is 1 at base_width, not at widths[0])
+    code = main(["coord-check", "mlp", "--widths", "128,256", "--base-width", "64", "--steps", "1",
+                 "--batch", "2", "--seq", "96", "--format", "json", "--plot", "none"])
+    data = json.loads(capsys.readouterr().out)
+    assert (data["base_width"], data["batch"], data["seq"]) == (64, 2, 96)
+    assert code in (0, 1)
+    r = coord.coord_check("mlp", {}, widths=(64, 128), steps=1, progress=False)
+    assert (r["base_width"], r["batch"], r["seq"]) == (64, 4, 64)
