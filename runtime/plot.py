@@ -73,6 +73,7 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
             "widths": widths,
             "best": best,
             "drift_steps": max(idx) - min(idx) if idx else None,
+            "lost": [w for w in widths if best[w]["index"] is None],  # no finite loss at any lr
             "shift": {},
             "transfer": None,
         }
@@ -115,7 +116,9 @@ def text(summary: list[dict]) -> str:
                 f"  width {w:>5d}: best lr {_fmt(b['lr'], '.3g'):>8s}  loss {_fmt(b['loss'])}  shift "
                 f"{'-' if shift is None else f'{shift:+d}'} steps{div}{note}"
             )
-        lines.append(f"  drift of the optimum across widths: {_fmt(e['drift_steps'], 'd')} grid steps")
+        lines.append(
+            f"  drift of the optimum across widths: {_fmt(e['drift_steps'], 'd')} grid steps{_lost(e)}"
+        )
         t = e["transfer"]
         if t:
             gap = (
@@ -127,6 +130,11 @@ def text(summary: list[dict]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _lost(e: dict) -> str:
+    """A note on the widths where every learning rate diverged (the drift counts only the others)."""
+    return f"; no lr trained at width {', '.join(map(str, e['lost']))}" if e["lost"] else ""
 
 
 def markdown(summary: list[dict]) -> str:
@@ -152,7 +160,8 @@ def markdown(summary: list[dict]) -> str:
         gap = "-" if not t else ("diverged" if t["diverged"] else _fmt(t["gap_pct"], "+.2f") + "%")
         at = "-" if not t else f"width {t['width']}, lr {t['lr']:.3g}: {_fmt(t['loss'])} vs {t['best']:.4f}"
         out.append(
-            f"| {e['parametrization']} | {e['optimizer']} | {_fmt(e['drift_steps'], 'd')} | {at} | {gap} |"
+            f"| {e['parametrization']} | {e['optimizer']} | {_fmt(e['drift_steps'], 'd')}{_lost(e)} | {at} "
+            f"| {gap} |"
         )
     return "\n".join(out) + "\n"
 
@@ -202,7 +211,9 @@ def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> 
         ax.set_ylabel(metric.replace("_", " "))
         drift = e["drift_steps"]
         drift = "-" if drift is None else drift
-        ax.set_title(f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} steps")
+        ax.set_title(
+            f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} steps{_lost(e)}", fontsize=9
+        )
         ax.legend(fontsize=7)
     fig.suptitle("validation loss vs learning rate (x: diverged; circles: optimum per width)")
     fig.tight_layout()

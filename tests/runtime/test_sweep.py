@@ -140,6 +140,20 @@ def test_summary_optimum_drift_and_transfer():
     assert "| mup | adamw | 512 | 0.008 | 2.6000 | +1 | 0 |" in md
 
 
+def test_summary_names_widths_where_every_lr_diverged(tmp_path):
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    rows = rows_from(
+        {128: [3.0, 2.9, 2.8, 2.85, 3.0], 256: [2.9, 2.8, 2.7, 2.71, 2.9], 512: [0.0] * 5},
+        opt="sgd",
+        diverged={(512, lr) for lr in lrs} | {(256, lr) for lr in lrs[1:]},
+    )
+    (e,) = plot.summarize(rows)
+    assert e["lost"] == [512] and e["drift_steps"] == 2  # over the widths that trained: 128 and 256
+    assert "no lr trained at width 512" in plot.text([e])
+    assert "| mup | sgd | 2; no lr trained at width 512 |" in plot.markdown([e])
+    plot.plot(rows, tmp_path / "p.png")
+
+
 def test_plot_cli_errors(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "none.jsonl")]) == 2
     assert "no results file" in capsys.readouterr().err
