@@ -15,6 +15,7 @@ Writes kernels.json and kernels.md into --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -75,14 +76,12 @@ def run_checks(results, skip_fp32=False):
         torch.manual_seed(hash(name) % 2**31 + int(time.time()))
         inp = make_inputs(B, T, H, K, V, dtype, device=dev, regime=regime)
         t0 = time.time()
-        triton_gdn.SEGMENT_CHUNKS = extra.get("segment")
         try:
-            err = compare(chunk_gated_delta_rule, inp, l2norm=extra.get("l2norm", False), ref_fn=ref64)
+            with segment_setting("SEGMENT_CHUNKS", extra.get("segment")):
+                err = compare(chunk_gated_delta_rule, inp, l2norm=extra.get("l2norm", False), ref_fn=ref64)
         except Exception as e:
             log(f"check {name} raised {e!r}")
             err = {"exception": math.inf}
-        finally:
-            triton_gdn.SEGMENT_CHUNKS = None
         ok = all(e < TOL[dtype].get(n, 0) for n, e in err.items())
         out[name] = {"shape": [B, T, H, K, V], "dtype": str(dtype), "regime": regime, "err": err, "ok": ok}
         log(
@@ -210,17 +209,30 @@ def load_fla():
         return None, None, None
 
 
+@contextlib.contextmanager
+def segment_setting(name, value):
+    """triton_gdn.<name> (SEGMENT_CHUNKS or SEGMENT_FILL) set to value inside the block."""
+    old = getattr(triton_gdn, name)
+    setattr(triton_gdn, name, value)
+    try:
+        yield
+    finally:
+        setattr(triton_gdn, name, old)
+
+
 def unsegmented(*args, **kw):
     """chunk_gated_delta_rule with the state recurrence run over whole sequences."""
-    triton_gdn.SEGMENT_CHUNKS = 0
-    try:
+    with segment_setting("SEGMENT_CHUNKS", 0):
         return chunk_gated_delta_rule(*args, **kw)
-    finally:
-        triton_gdn.SEGMENT_CHUNKS = None
+
+
+def segmented_by_default(B, T, H, V):
+    """Whether the kernels' own rule (triton_gdn._segments) splits these uniform sequences."""
+    cu = torch.arange(B + 1, device="cuda", dtype=torch.int64) * T
+    return triton_gdn._segments(T, H, V, None, cu, cu.device)[1] > B
 
 
 def run_bench(results, shapes=SHAPES):
-    import triton
     from triton.testing import do_bench
 
     mm, bw = measure_ceilings()
@@ -239,7 +251,7 @@ def run_bench(results, shapes=SHAPES):
         q, k, v, g, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
         do = torch.randn_like(v)
         impls = [("mudelta", chunk_gated_delta_rule)]
-        if B * H * triton.cdiv(V, 64) < 2 * torch.cuda.get_device_properties(0).multi_processor_count:
+        if segmented_by_default(B, T, H, V):
             impls.append(("mudelta-noseg", unsegmented))  # what the segmented state recurrence buys
         if fla_chunk is not None:
             impls.append(("fla", fla_chunk))
@@ -276,10 +288,8 @@ def run_bench(results, shapes=SHAPES):
                     }
                 )
                 log(f"{name:8s} {mode:8s} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
-        if any(name == "mudelta-noseg" for name, _ in impls):  # segment count: programs per multiprocessor
-            default = triton_gdn.SEGMENT_FILL
-            for fill in (1, 4, 8):
-                triton_gdn.SEGMENT_FILL = fill
+        for fill in (1, 4, 8):  # segment count: programs per multiprocessor (the default is SEGMENT_FILL)
+            with segment_setting("SEGMENT_FILL", fill):
                 ms = bench(lambda a=(q, k, v, g, beta): chunk_gated_delta_rule(*a, output_final_state=False))
                 rows.append(
                     {
@@ -292,8 +302,7 @@ def run_bench(results, shapes=SHAPES):
                         "roofline_frac": math.nan,
                     }
                 )
-                log(f"mudelta fwd with SEGMENT_FILL={fill} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
-            triton_gdn.SEGMENT_FILL = default
+            log(f"mudelta fwd with SEGMENT_FILL={fill} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
         del q, k, v, g, beta, do, inp
         torch.cuda.empty_cache()
     # decode
