@@ -230,7 +230,7 @@ def _fwd_state(
     state S to M S + E (M the product of the chunks' K x K matrices, E the end state from a zero start).
     MODE "run": the recurrence, storing states and new values; a segment after the first starts from
     E_0 and then M_j S + E_j over the earlier segments j of its sequence (read from seg_e, seg_m).
-    MODE "end": E of every segment (the first starts from h0) into seg_e, nothing else stored.
+    MODE "end": E of every segment but the last (the first starts from h0) into seg_e, nothing else stored.
     MODE "map": M of the segments a later one needs (not the first, not the last), into seg_m; launched with
     V = K: the state is the K x K identity and U~ = 0."""
     i_v = tl.program_id(0)
@@ -252,6 +252,8 @@ def _fwd_state(
         c_hi = tl.where((rank > 0) & (rank < nseg - 1), c_hi, c_lo)
         b_h = tl.where(cols_k[:, None] == cols_v[None, :], 1.0, 0.0)
     else:
+        if MODE == "end":  # the last segment's end state is never read
+            c_hi = tl.where(rank < nseg - 1, c_hi, c_lo)
         b_h = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_H0:
             if rank == 0:
