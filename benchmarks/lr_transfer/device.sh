@@ -3,16 +3,19 @@
 #   bash benchmarks/lr_transfer/device.sh STEPS UNTIL
 # Installs mudelta (no deps: the image has them), prepares the BPE data (deterministic), checks the kernels
 # at the experiment's head dims (each in its own process: an illegal access poisons a CUDA context), then:
-#  1. tunes the readout's base-width multiplier (model.multipliers.readout) at the base width: muP AdamW
-#     trials for every alpha in ALPHAS (default "2 4 8"), each alpha's trials under alpha<A>/ with their own
-#     results.jsonl; picks the alpha of the lowest final validation loss (cpu_ablation.md says why);
+#  1. tunes the readout's base-width multiplier (model.multipliers.$MULT, default readout; lm_head for an
+#     untied model) at the base width: muP AdamW trials for every alpha in ALPHAS (default "2 4 8"), each
+#     alpha's trials under $TAG<A>/ (TAG default alpha) with their own results.jsonl; picks the alpha of the
+#     lowest final validation loss (cpu_ablation.md says why); a single alpha is taken as given, untuned;
 #  2. runs the grid with that alpha: widths (largest first), mup and sp, for each optimizer in OPTS
 #     (default "adamw sgd-nesterov"), into alpha<A>/results.jsonl.
+# EXTRA holds more --set overrides for every trial (e.g. "--set model.options.tied=false").
 # Works on any number of GPUs (PER_GPU trials share one). Stops UNTIL seconds after the start; a later call
 # with the same STEPS skips the finished trials of the results files it is given back. Results go to $OUT.
 set -uo pipefail
 STEPS=${1:?steps}; UNTIL=${2:?seconds}
 ALPHAS=${ALPHAS:-"2 4 8"}; OPTS=${OPTS:-"adamw sgd-nesterov"}; PER_GPU=${PER_GPU:-4}
+MULT=${MULT:-readout}; TAG=${TAG:-alpha}; EXTRA=${EXTRA:-}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:-/tmp/lr_out}; mkdir -p "$OUT"
 CFG=benchmarks/lr_transfer/config.yaml
@@ -44,22 +47,26 @@ sweep() {  # sweep ALPHA ARGS...
     local a=$1; shift
     echo "sweep alpha $a $* ($((UNTIL - SECONDS)) s left)"
     timeout $((UNTIL - SECONDS)) $M sweep $CFG --quiet $SET --per-gpu "$PER_GPU" \
-        --set model.multipliers.readout="$a" --set out=$DIR/alpha"$a" "$@" 2>&1 | grep -v "^\s*$" | tail -n 40
+        --set model.multipliers.$MULT="$a" --set out=$DIR/$TAG"$a" $EXTRA "$@" 2>&1 | grep -v "^\s*$" | tail -n 40
 }
 # 1. alpha at the base width (all alphas at once: small models)
 BASE=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['model']['base_width'])")
-for a in $ALPHAS; do
+set -- $ALPHAS; [ $# = 1 ] && ALPHAS_TUNED="" || ALPHAS_TUNED=$ALPHAS
+for a in $ALPHAS_TUNED; do
     sweep "$a" --set "sweep.widths=[$BASE]" --set "sweep.parametrizations=[mup]" --set "sweep.optimizers=[adamw]" \
         >"/tmp/alpha$a.log" &
 done
 wait
-tail -n 3 /tmp/alpha*.log | tee "$OUT/alpha.log"
-BEST=$(python3 - $ALPHAS <<'PY'
+[ -n "$ALPHAS_TUNED" ] && tail -n 3 /tmp/alpha*.log | tee "$OUT/alpha.log"
+BEST=$(python3 - "$TAG" $ALPHAS <<'PY'
 import json, sys
 best = None
-for a in sys.argv[1:]:
+if len(sys.argv) == 3:
+    print(sys.argv[2])
+    sys.exit()
+for a in sys.argv[2:]:
     try:
-        rows = [json.loads(l) for l in open(f"benchmarks/lr_transfer/alpha{a}/results.jsonl")]
+        rows = [json.loads(l) for l in open(f"benchmarks/lr_transfer/{sys.argv[1]}{a}/results.jsonl")]
     except OSError:
         continue
     for r in rows:
@@ -78,5 +85,5 @@ for opt in $OPTS; do
     sweep "$BEST" --set "sweep.optimizers=[$opt]" --set "sweep.widths=[$BASE,$LARGEST]"
     [ -n "$REST" ] && sweep "$BEST" --set "sweep.optimizers=[$opt]" --set "sweep.widths=[$REST]"
 done
-for a in $ALPHAS; do cp $DIR/alpha"$a"/results.jsonl "$OUT/results_alpha$a.jsonl" 2>/dev/null; done
+for a in $ALPHAS; do cp $DIR/$TAG"$a"/results.jsonl "$OUT/results_$TAG$a.jsonl" 2>/dev/null; done
 echo "done at ${SECONDS}s"; ls "$OUT"
