@@ -267,14 +267,18 @@ def run_bench(results, shapes=SHAPES):
                 o, _ = fn(*leaves, output_final_state=False)
                 torch.autograd.backward(o, do)
 
-            for mode, f in (("fwd", fwd), ("fwd+bwd", fwdbwd)):
+            def fwdsave(fn=fn, leaves=leaves):  # a training step's forward: keeps what the backward needs
+                return fn(*leaves, output_final_state=False)
+
+            for mode, f in (("fwd", fwd), ("fwd-save", fwdsave), ("fwd+bwd", fwdbwd)):
                 try:
                     ms = bench(f)
                 except Exception as e:
                     log(f"{name} {mode} {(B, T, H, K, V)} failed: {e!r}")
                     ms = math.nan
-                fl = fwd_flops(B, T, H, K, V) * (1 if mode == "fwd" else 3)
-                by = fwd_bytes(B, T, H, K, V) + (0 if mode == "fwd" else bwd_bytes(B, T, H, K, V))
+                train = mode == "fwd+bwd"
+                fl = fwd_flops(B, T, H, K, V) * (3 if train else 1)
+                by = fwd_bytes(B, T, H, K, V) + (bwd_bytes(B, T, H, K, V) if train else 0)
                 roof = max(fl / mm, by / bw) * 1e3
                 rows.append(
                     {
@@ -288,7 +292,9 @@ def run_bench(results, shapes=SHAPES):
                     }
                 )
                 log(f"{name:8s} {mode:8s} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
-        for fill in (1, 4, 8):  # segment count: programs per multiprocessor (the default is SEGMENT_FILL)
+        # segment count: programs per multiprocessor (the default is SEGMENT_FILL); where the GPU is full
+        # without segments (the first two shapes) forcing them costs 0.2-0.6 ms (kernels_v6_log.txt)
+        for fill in (1, 4, 8) if segmented_by_default(B, T, H, V) else ():
             with segment_setting("SEGMENT_FILL", fill):
                 ms = bench(lambda a=(q, k, v, g, beta): chunk_gated_delta_rule(*a, output_final_state=False))
                 rows.append(
@@ -346,7 +352,7 @@ def run_bench(results, shapes=SHAPES):
 TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles once
     # prepare, state, output, bwd_du_local and bwd_state always run with BV = 64 (FIXED_BV in triton_gdn)
     "prepare": [(64, 4, 1), (64, 2, 1), (64, 4, 2)],
-    "state": [(64, 4, 2), (64, 4, 3), (64, 8, 2)],
+    "state": [(64, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 1)],
     "output": [(64, 4, 2), (64, 4, 3), (64, 4, 1)],
     "bwd_du_local": [(64, 4, 1), (64, 8, 1)],
     "bwd_state": [(64, 4, 1), (64, 4, 2), (64, 8, 2)],
@@ -389,21 +395,29 @@ def run_tune(results, only=None):
         log_rows.append({"kernel": "prec_inv", "prec": prec, "ms": ms})
     best_prec = min((r for r in log_rows if r["kernel"] == "prec_inv"), key=lambda r: r["ms"])
     triton_gdn.PREC_INV_LOWP = best_prec["prec"]
-    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or in tf32
-        for lowp in (True, False):
-            triton_gdn.CONFIG["state"]["lowp"] = lowp
-            ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
-            log(f"tune state lowp={lowp}: fwd {ms:.3f} ms")
-            log_rows.append({"kernel": "state_lowp", "lowp": lowp, "ms": ms})
-        best = min((r for r in log_rows if r["kernel"] == "state_lowp"), key=lambda r: r["ms"])
-        triton_gdn.CONFIG["state"]["lowp"] = best["lowp"]
+    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or in tf32; o fused into it or not
+        for flag, values in (("lowp", (True, False)), ("fuse_o", (True, False))):
+            for value in values:
+                triton_gdn.CONFIG["state"][flag] = value
+                ms = {
+                    m: do_bench(f, warmup=25, rep=100, return_mode="median")
+                    for m, f in (("fwd", fwd), ("fwd+bwd", fwdbwd))
+                }
+                log(f"tune state {flag}={value}: fwd {ms['fwd']:.3f} ms, fwd+bwd {ms['fwd+bwd']:.3f} ms")
+                log_rows.append(
+                    {"kernel": f"state_{flag}", flag: value, "ms": ms["fwd+bwd"], "fwd_ms": ms["fwd"]}
+                )
+            best = min((r for r in log_rows if r["kernel"] == f"state_{flag}"), key=lambda r: r["ms"])
+            triton_gdn.CONFIG["state"][flag] = best[flag]
     for name, cands in TUNE.items():
         if only and name not in only:
             continue
+        if name == "output" and triton_gdn.CONFIG["state"].get("fuse_o", True):
+            continue  # o is computed in the state kernel: no _fwd_output launch to tune
         f = timer.get(name, fwdbwd)
         best = None
         for bv, nw, ns in cands:
-            extra = {k: v for k, v in triton_gdn.CONFIG[name].items() if k == "lowp"}
+            extra = {k: v for k, v in triton_gdn.CONFIG[name].items() if k in ("lowp", "fuse_o")}
             triton_gdn.CONFIG[name] = dict(BV=bv, num_warps=nw, num_stages=ns, **extra)
             try:
                 ms = do_bench(f, warmup=25, rep=100, return_mode="median")

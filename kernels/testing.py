@@ -11,6 +11,7 @@ from .reference import naive_recurrent_gated_delta_rule
 
 # thresholds on rms(out - ref) / rms(ref), bf16 inputs (issue 5); fp16 uses the same, fp32 far tighter
 _LOWP = {"o": 5e-3, "ht": 5e-3, "q": 8e-3, "k": 8e-3, "v": 8e-3, "h0": 8e-3, "g": 2e-2, "beta": 2e-2}
+_LOWP.update(o_nograd=_LOWP["o"], ht_nograd=_LOWP["ht"])  # the same forward without keeping anything
 TOL = {
     torch.bfloat16: _LOWP,
     torch.float16: dict(_LOWP),
@@ -115,4 +116,8 @@ def compare(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, ref_
         do=do.double() if do is not None else None,
         dht=dht.double() if dht is not None else None,
     )
-    return {n: error_ratio(out[n], ref[n]) for n in out}
+    err = {n: error_ratio(out[n], ref[n]) for n in out}
+    if grads:  # the forward alone (nothing kept for a backward) must give the same outputs
+        out_ng, _, _ = run_and_grad(fn, inp, scale, cu_seqlens, l2norm, False, **kw)
+        err.update({f"{n}_nograd": error_ratio(out_ng[n], ref[n]) for n in ("o", "ht")})
+    return err

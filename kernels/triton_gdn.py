@@ -9,7 +9,8 @@ entering the chunk, gam_i the cumulative sum of g inside the chunk and Gam_ij = 
     S_end = e^gam_last S0 + (diag(e^(gam_last - gam)) K)^T U
 
 Forward: `_fwd_prepare` (chunk-parallel: gam, T, W, U~), `_fwd_state` (sequential over chunks: S0 of
-every chunk, U, final state), `_fwd_output` (chunk-parallel: o).
+every chunk, U, o, final state; S0 and U stored only for the backward), or with CONFIG["state"]["fuse_o"]
+off, `_fwd_output` (chunk-parallel: o from the stored S0 and U).
 Backward: `_bwd_du_local` (chunk-parallel: the dO part of dU), `_bwd_state` (sequential, reversed: dS at
 every chunk end, the rest of dU, dS0), `_bwd_dqk` (chunk-parallel: dq, the output/state parts of dk, dW,
 dgam) and `_bwd_wy` (chunk-parallel: backward of the UT transform: dv, dbeta, the rest of dk and dgam, dg).
@@ -139,6 +140,7 @@ def _fwd_prepare(
     BV: tl.constexpr,
     PREC: tl.constexpr,
     PREC_INV: tl.constexpr,
+    STORE_T: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -177,8 +179,9 @@ def _fwd_prepare(
     b_X += _mm_inv(b_X, b_N2, PREC_INV)
     b_T = _mm_inv(b_X, b_TD, PREC_INV)
 
-    p_T = T_out + (tok * H * BT + i_h * BT)[:, None] + rows[None, :]
-    tl.store(p_T, b_T.to(T_out.dtype.element_ty), mask=m_t[:, None])
+    if STORE_T:  # for the backward only
+        p_T = T_out + (tok * H * BT + i_h * BT)[:, None] + rows[None, :]
+        tl.store(p_T, b_T.to(T_out.dtype.element_ty), mask=m_t[:, None])
 
     # W and U~ are products with T in PREC_INV too (fp16 operands: |v| must stay below 6.5e4 there)
     b_kb = b_k.to(tl.float32) * (b_beta * tl.exp(b_gam))[:, None]
@@ -194,6 +197,7 @@ def _fwd_prepare(
 
 @triton.jit
 def _fwd_state(
+    q,
     k,
     w,
     u,
@@ -207,6 +211,8 @@ def _fwd_state(
     ht_out,
     seg_e,
     seg_m,
+    o,
+    scale,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -219,6 +225,8 @@ def _fwd_state(
     STORE_HT: tl.constexpr,
     MODE: tl.constexpr,
     SEGMENTED: tl.constexpr,
+    SAVE: tl.constexpr,
+    FUSE_O: tl.constexpr,
 ):
     """The state recurrence over the chunks of one segment of a sequence (a whole sequence unless the
     sequences are split into segments, see _segments). The state is carried in float32 and its products take
@@ -228,8 +236,11 @@ def _fwd_state(
 
     A chunk maps the state affinely, S -> (e^gam_last I - Kd^T W) S + Kd^T U~, so a segment maps its entering
     state S to M S + E (M the product of the chunks' K x K matrices, E the end state from a zero start).
-    MODE "run": the recurrence, storing states and new values; a segment after the first starts from
-    E_0 and then M_j S + E_j over the earlier segments j of its sequence (read from seg_e, seg_m).
+    MODE "run": the recurrence, storing states and new values (SAVE: for the backward, or for _fwd_output
+    unless FUSE_O); a segment after the first starts from E_0 and then M_j S + E_j over the earlier segments j
+    of its sequence (read from seg_e, seg_m). FUSE_O: the chunk's output o is computed here from the state
+    and new values in registers (float32, PREC_S operands), off the recurrence's dependency chain, instead of
+    by _fwd_output from their bf16 copies.
     MODE "end": E of every segment but the last (the first starts from h0) into seg_e, nothing else stored.
     MODE "map": M of the segments a later one needs (not the first, not the last), into seg_m; launched with
     V = K: the state is the K x K identity and U~ = 0."""
@@ -277,17 +288,25 @@ def _fwd_state(
             b_vn = -_mm_inv(b_w, b_h, PREC_S)
         else:
             tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
-            if MODE == "run":
+            if MODE == "run" and SAVE:
                 tl.store(
                     h_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_h.to(h_out.dtype.element_ty), mask=m_kv
                 )
             b_u = tl.load(u + tv_off, mask=m_tv, other=0.0).to(tl.float32)
             b_vn = b_u - _mm_inv(b_w, b_h, PREC_S)
-            if MODE == "run":
+            if MODE == "run" and SAVE:
                 tl.store(vn_out + tv_off, b_vn.to(vn_out.dtype.element_ty), mask=m_tv)
         b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
-        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(tl.float32)
-        b_kd = b_k * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
+        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+        if MODE == "run" and FUSE_O:  # o = scale (diag(e^gam) Q S0 + (Q K^T * Gam * [j <= i]) U)
+            b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+            b_o = _mm_inv(b_q.to(tl.float32), b_h, PREC_S) * tl.exp(b_gam)[:, None]
+            lower = rows[:, None] >= rows[None, :]
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+            b_s = tl.where(lower, b_s * tl.exp(tl.where(lower, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
+            b_o += _mm_inv(b_s, b_vn, PREC_S)
+            tl.store(o + tv_off, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+        b_kd = b_k.to(tl.float32) * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
         b_h = b_h * tl.exp(g_last) + _mm_inv(tl.trans(b_kd), b_vn, PREC_S)
     if MODE == "end":
         tl.store(seg_e + (i_s.to(tl.int64) * H + i_h) * K * V + kv_off, b_h, mask=m_kv)
@@ -690,7 +709,8 @@ def _recurrent_fwd(
 # times alternatives on the GPU and can overwrite these.
 CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmarks/results/kernels_v*_log.txt)
     "prepare": dict(BV=64, num_warps=4, num_stages=1),
-    "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True),  # lowp: products in PREC_INV
+    # lowp: products in PREC_INV; fuse_o: o computed in the state recurrence (no _fwd_output launch)
+    "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=True),
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
@@ -710,6 +730,7 @@ FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_du_local": 64, "bwd_s
 def _cfg(name, V):
     c = dict(CONFIG[name])
     c.pop("lowp", None)
+    c.pop("fuse_o", None)
     bv = c.pop("BV")
     return FIXED_BV.get(name, min(bv, _next_pow2(V))), c
 
@@ -813,47 +834,56 @@ def _or(t, dummy):
     return t if t is not None else dummy
 
 
-def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
+def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state, save=True):
+    """save: keep what the backward needs (returned as the third value; None otherwise)."""
     B, T, H, _ = q.shape
     run = _Launch(q, v, H)
     K, V = run.K, run.V
     cu, chunk_seq, chunk_pos, chunk_off, NCt = _chunk_tables(B, T, cu_seqlens, q.device)
     N = cu.numel() - 1
     gam = run.empty(B, T, H, dtype=torch.float32)
-    Tm, w, u = run.empty(B, T, H, BT), run.empty(B, T, H, K), run.empty(B, T, H, V)
+    Tm = run.empty(B, T, H, BT) if save else q
+    w, u = run.empty(B, T, H, K), run.empty(B, T, H, V)
     run(
         _fwd_prepare,
         "prepare",
         lambda bv: (NCt, H),
         *(k, v, g, beta, cu, chunk_seq, chunk_pos, gam, Tm, w, u),
         PREC_INV=_prec_inv(q.dtype),
+        STORE_T=save,
     )
-    h, vn = run.empty(NCt, H, K, V), run.empty(B, T, H, V)
+    fuse = CONFIG["state"].get("fuse_o", True)
+    keep = save or not fuse  # per-chunk states and new values: for the backward, or for _fwd_output
+    h = run.empty(NCt, H, K, V) if keep else q
+    vn = run.empty(B, T, H, V) if keep else q
     ht = run.empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     seg, nseg = _segments(T, H, V, cu_seqlens, cu, q.device)
     segmented = nseg > N
     seg_e = run.empty(nseg, H, K, V, dtype=torch.float32) if segmented else q
     seg_m = run.empty(nseg, H, K, K, dtype=torch.float32) if segmented else q
-    args = (k, w, u, gam, _or(h0, q), cu, chunk_off, seg, h, vn, _or(ht, q), seg_e, seg_m)
+    o = run.empty(B, T, H, V, dtype=v.dtype)
+    args = (q, k, w, u, gam, _or(h0, q), cu, chunk_off, seg, h, vn, _or(ht, q), seg_e, seg_m, o, scale)
     const = dict(
         PREC_S=_prec_inv(q.dtype) if CONFIG["state"].get("lowp", True) else run.prec,
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
         SEGMENTED=segmented,
+        SAVE=keep,
+        FUSE_O=fuse,
     )
     if segmented:  # segments' end states and maps first (independent launches), then the recurrence
         run(_fwd_state, "state", lambda bv: (triton.cdiv(V, bv), nseg * H), *args, MODE="end", **const)
         run(_fwd_state, "state", lambda bv: (triton.cdiv(K, bv), nseg * H), *args, MODE="map", V_=K, **const)
     run(_fwd_state, "state", lambda bv: (triton.cdiv(V, bv), nseg * H), *args, MODE="run", **const)
-    o = run.empty(B, T, H, V, dtype=v.dtype)
-    run(
-        _fwd_output,
-        "output",
-        lambda bv: (triton.cdiv(V, bv), NCt, H),
-        *(q, k, vn, gam, h, cu, chunk_seq, chunk_pos, o, scale),
-        PREC_INV=_prec_inv(q.dtype),
-    )
-    saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt)
+    if not fuse:
+        run(
+            _fwd_output,
+            "output",
+            lambda bv: (triton.cdiv(V, bv), NCt, H),
+            *(q, k, vn, gam, h, cu, chunk_seq, chunk_pos, o, scale),
+            PREC_INV=_prec_inv(q.dtype),
+        )
+    saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt) if save else None
     return o, ht, saved
 
 
@@ -905,9 +935,11 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
     def forward(ctx, q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state):
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         h0 = h0.contiguous() if h0 is not None else None
-        o, ht, saved = chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state)
-        ctx.save_for_backward(q, k, v, g, beta, h0, *saved[:-1])
-        ctx.nct = saved[-1]
+        save = any(ctx.needs_input_grad[:7])
+        o, ht, saved = chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state, save=save)
+        if save:
+            ctx.save_for_backward(q, k, v, g, beta, h0, *saved[:-1])
+            ctx.nct = saved[-1]
         ctx.scale = scale
         ctx.h0_dtype = h0.dtype if h0 is not None else None
         return o, ht
