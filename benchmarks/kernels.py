@@ -395,7 +395,7 @@ def run_tune(results, only=None):
         log_rows.append({"kernel": "prec_inv", "prec": prec, "ms": ms})
     best_prec = min((r for r in log_rows if r["kernel"] == "prec_inv"), key=lambda r: r["ms"])
     triton_gdn.PREC_INV_LOWP = best_prec["prec"]
-    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or in tf32; o fused into it or not
+    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or tf32; o fused when saving or not
         for flag, values in (("lowp", (True, False)), ("fuse_o", (True, False))):
             for value in values:
                 triton_gdn.CONFIG["state"][flag] = value
@@ -412,7 +412,7 @@ def run_tune(results, only=None):
     for name, cands in TUNE.items():
         if only and name not in only:
             continue
-        if name == "output" and triton_gdn.CONFIG["state"].get("fuse_o", True):
+        if name == "output" and triton_gdn.CONFIG["state"].get("fuse_o", False):
             continue  # o is computed in the state kernel: no _fwd_output launch to tune
         f = timer.get(name, fwdbwd)
         best = None

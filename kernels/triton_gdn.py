@@ -9,8 +9,8 @@ entering the chunk, gam_i the cumulative sum of g inside the chunk and Gam_ij = 
     S_end = e^gam_last S0 + (diag(e^(gam_last - gam)) K)^T U
 
 Forward: `_fwd_prepare` (chunk-parallel: gam, T, W, U~), `_fwd_state` (sequential over chunks: S0 of
-every chunk, U, o, final state; S0 and U stored only for the backward), or with CONFIG["state"]["fuse_o"]
-off, `_fwd_output` (chunk-parallel: o from the stored S0 and U).
+every chunk, U, final state; also o when nothing is kept for a backward, or with CONFIG["state"]["fuse_o"]),
+else `_fwd_output` (chunk-parallel: o from the stored S0 and U).
 Backward: `_bwd_du_local` (chunk-parallel: the dO part of dU), `_bwd_state` (sequential, reversed: dS at
 every chunk end, the rest of dU, dS0), `_bwd_dqk` (chunk-parallel: dq, the output/state parts of dk, dW,
 dgam) and `_bwd_wy` (chunk-parallel: backward of the UT transform: dv, dbeta, the rest of dk and dgam, dg).
@@ -709,8 +709,10 @@ def _recurrent_fwd(
 # times alternatives on the GPU and can overwrite these.
 CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmarks/results/kernels_v*_log.txt)
     "prepare": dict(BV=64, num_warps=4, num_stages=1),
-    # lowp: products in PREC_INV; fuse_o: o computed in the state recurrence (no _fwd_output launch)
-    "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=True),
+    # lowp: products in PREC_INV; fuse_o: o computed in the state recurrence (no _fwd_output launch) also
+    # when the states are kept for a backward (a forward that keeps nothing always fuses); off: 3.087 vs
+    # 3.119 ms fwd+bwd on the H200 (benchmarks/results/kernels_v7_log.txt)
+    "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=False),
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
@@ -852,7 +854,7 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state, save=
         PREC_INV=_prec_inv(q.dtype),
         STORE_T=save,
     )
-    fuse = CONFIG["state"].get("fuse_o", True)
+    fuse = not save or CONFIG["state"].get("fuse_o", False)
     keep = save or not fuse  # per-chunk states and new values: for the backward, or for _fwd_output
     h = run.empty(NCt, H, K, V) if keep else q
     vn = run.empty(B, T, H, V) if keep else q
