@@ -9,7 +9,7 @@
 #     lowest final validation loss (cpu_ablation.md says why); a single alpha is taken as given, untuned;
 #  2. runs the grid with that alpha: widths (largest first), mup and sp, for each optimizer in OPTS
 #     (default "adamw sgd-nesterov"), into alpha<A>/results.jsonl.
-# EXTRA holds more --set overrides for every trial (e.g. "--set model.options.tied=false").
+# WIDTHS (space-separated) replaces the config's widths. EXTRA holds more --set overrides for every trial (e.g. "--set model.options.tied=false").
 # Works on any number of GPUs (PER_GPU trials share one). Stops UNTIL seconds after the start; a later call
 # with the same STEPS skips the finished trials of the results files it is given back. Results go to $OUT.
 set -uo pipefail
@@ -78,7 +78,7 @@ PY
 [ -n "$BEST" ] || { echo "no alpha trial finished"; exit 1; }
 echo "alpha $BEST at ${SECONDS}s"
 # 2. the grid at that alpha, one optimizer after the other: the base width's sp trials, the largest width, the rest
-WIDTHS=$(python3 -c "import yaml; print(' '.join(map(str, yaml.safe_load(open('$CFG'))['sweep']['widths'])))")
+WIDTHS=${WIDTHS:-$(python3 -c "import yaml; print(' '.join(map(str, yaml.safe_load(open('$CFG'))['sweep']['widths'])))")}
 REST=$(echo $WIDTHS | tr ' ' '\n' | grep -vx "$BASE" | sort -n | head -n -1 | paste -sd,)
 LARGEST=$(echo $WIDTHS | tr ' ' '\n' | sort -n | tail -n 1)
 for opt in $OPTS; do
