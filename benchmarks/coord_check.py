@@ -79,7 +79,9 @@ def main():
     OUT.mkdir(exist_ok=True)
     cases = CASES if args.only is None else [c for c in CASES if label(c[0], c[1]) == args.only]
     if not cases:
-        raise SystemExit(f"no case labelled {args.only!r}; labels: {', '.join(label(c[0], c[1]) for c in CASES)}")
+        raise SystemExit(
+            f"no case labelled {args.only!r}; labels: {', '.join(label(c[0], c[1]) for c in CASES)}"
+        )
     old_results, old_rows, old_meta = {}, {}, None
     if args.only is not None and (OUT / "results.json").exists():
         old = json.loads((OUT / "results.json").read_text())
@@ -144,22 +146,23 @@ def main():
         f"# Coordinate checks ({meta['date']}, {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "
         f"Python {meta['python']})",
         "",
-        f"Script: `python benchmarks/coord_check.py`. 3 steps on one fixed batch of standard-library bytes, base "
-        f"width {BASE_WIDTH} (every rule is 1 there), sizes averaged over {SEEDS} seeds (8 for the heads "
-        f"regime's muP rows), tolerance {coord.TOLERANCE} on the log-log slope (fixed). Step 0 = size at init, "
-        "step t = change after t steps. Predictions are first order in the learning rate (d1; equal to the full "
-        f"change under muP).{rerun}",
+        f"Script: `python benchmarks/coord_check.py`. 3 steps on one fixed batch of standard-library bytes, "
+        f"base width {BASE_WIDTH} (every rule is 1 there), sizes averaged over {SEEDS} seeds (8 for the "
+        f"heads regime's muP rows), tolerance {coord.TOLERANCE} on the log-log slope (fixed). Step 0 = size "
+        "at init, step t = change after t steps. Predictions are first order in the learning rate (d1; "
+        f"equal to the full change under muP).{rerun}",
         "",
         "Method (widths and batch per row): SP and the MLP use the `mudelta coord-check` defaults (widths "
-        "64-1024, batch 4 x 64). muP of the attention models is measured in the limit the theory takes, width "
-        "-> infinity at a fixed batch: one sequence of 32 bytes, since the aligned (LLN) part of a change is "
-        "diluted over the batch's tokens and the CLT part is not, so the crossover width grows with the tokens; "
-        "the transformer at widths 256-4096 (its layer-1 attention scores after one AdamW step reach slope 1 "
-        "only above width ~1024), the heads regime (heads = width/64) at 512-4096, i.e. 8-64 heads, 8 seeds: a "
-        "per-head gate has H coordinates and its gradient is a nonlinear function of the head's own dt and A, so "
-        "at 4 heads (width 256) its rms is 2x under the many-head value and with 3 seeds the rms over a few "
-        "heads is noisy (with every head at the same dt and A its exponent is the predicted one from 256 on). "
-        "Evidence and the remaining misses: [method.md](method.md), [change_terms.md](change_terms.md).",
+        "64-1024, batch 4 x 64). muP of the attention models is measured in the limit the theory takes, "
+        "width -> infinity at a fixed batch: one sequence of 32 bytes, since the aligned (LLN) part of a "
+        "change is diluted over the batch's tokens and the CLT part is not, so the crossover width grows "
+        "with the tokens; the transformer at widths 256-4096 (its layer-1 attention scores after one AdamW "
+        "step reach slope 1 only above width ~1024), the heads regime (heads = width/64) at 512-4096, i.e. "
+        "8-64 heads, 8 seeds: a per-head gate has H coordinates and its gradient is a nonlinear function "
+        "of the head's own dt and A, so at 4 heads (width 256) its rms is 2x under the many-head value and "
+        "with 3 seeds the rms over a few heads is noisy (with every head at the same dt and A its exponent "
+        "is the predicted one from 256 on). Evidence and the remaining misses: [method.md](method.md), "
+        "[change_terms.md](change_terms.md).",
         "",
         "| model | parametrization | optimizer | widths | batch | nodes passing | failing nodes (node@step, "
         "most common) | seconds |",
