@@ -43,7 +43,8 @@ def node_size(t: torch.Tensor, finite: bool) -> float:
     return t.pow(2).mean().sqrt().item()
 
 
-def run(args, width: int) -> dict:
+def setup(args, width: int):
+    """Config, generated module, model, SGD-Nesterov optimizer and train batches of a trial, as `mudelta train`."""
     over = [
         f"model.options.layers={args.layers}",
         f"model.base_width={args.base}",
@@ -70,6 +71,11 @@ def run(args, width: int) -> dict:
         g["base_lr"] = g["lr"]
     opt = make_optimizer("sgd-nesterov", groups, cfg.train.lr, momentum=cfg.train.momentum)
     batches = Batches(data, cfg.data.batch, cfg.data.seq, cfg.train.seed)
+    return cfg, data, module, model, opt, batches
+
+
+def run(args, width: int) -> dict:
+    cfg, data, module, model, opt, batches = setup(args, width)
     px, py = val_batches(data, cfg.data.batch, cfg.data.seq, 1)[0]
     names = dict(model.named_parameters())
     w0 = {n: p.detach().clone() for n, p in names.items()}
@@ -122,12 +128,11 @@ def run(args, width: int) -> dict:
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_trial_args(ap: argparse.ArgumentParser) -> None:
+    """The trial settings of setup() (the CPU analog of sgd_trace.md by default)."""
     ap.add_argument("--par", default="mup")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--widths", default="64,128,256,512")
-    ap.add_argument("--steps", type=int, default=20, help="steps recorded")
     ap.add_argument("--total-steps", type=int, default=50, help="schedule length (as the sweep)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--layers", type=int, default=2)
@@ -137,6 +142,12 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="data/stdlib-bpe8k")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_trial_args(ap)
+    ap.add_argument("--steps", type=int, default=20, help="steps recorded")
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
