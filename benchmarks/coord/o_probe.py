@@ -26,9 +26,10 @@ For each layer, step t and width (per seed):
         --train-only layers.1. --out frozen8.json     # layer 1 alone trained: its input does not move
     python benchmarks/coord/o_probe.py --show split8.json
 The committed o_probe_*.json: seed8 (64-4096 AdamW, 64-2048 SGD; before the dW/dx
-split was added), split8 (64-2048 AdamW, 64-1024 SGD), frozen8 (AdamW), fixed8 (--data fixed, 64-4096
-AdamW, 64-512 SGD; before the floor was added); all 8 seeds, one step, --batches = byte_batch(1, 32, seed)
-of this machine (the default). method.md has the tables.
+split was added), split8 (64-2048 AdamW, 64-1024 SGD), frozen8 (AdamW), steps3 (--steps 3, AdamW,
+64-2048), fixed8 (--data fixed, 64-4096 AdamW, 64-512 SGD; before the floor was added); all 8 seeds, one
+step unless said, --batches = byte_batch(1, 32, seed) of this machine (the default). method.md has the
+tables.
 """
 
 import argparse
@@ -158,6 +159,8 @@ def run(mod, opt_name, w, seed):
         mod.TAPS = {}
         _, loss = m(x, y)
         T = {k: v.clone() for k, v in mod.TAPS.items()}
+        if t < a.steps:  # before the dW/dx split below, which swaps the weights in place
+            loss.backward()
         for L in (0, 1):
             p = f"l{L}_"
             q, k, g, beta = T[p + "q_scaled"], T[p + "k_l2"], T[p + "g"], T[p + "beta"]
@@ -220,7 +223,6 @@ def run(mod, opt_name, w, seed):
             out[f"l{L}_b", t] = _size(T[p + "b"] - i["b"], 6)
             out[f"l{L}_beta", t] = _size(T[p + "beta"] - i["be"], 6)
         if t < a.steps:
-            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
     mod.TAPS = None
