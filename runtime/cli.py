@@ -94,6 +94,7 @@ def cmd_coord_check(args) -> int:
         seq=args.seq,
         progress=args.format == "table",
         base_width=args.base_width,
+        device=args.device,
     )
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument(
         "--base-width", type=int, default=None, help="width at which every rule is 1 (default: first width)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="torch device of the models, e.g. cuda (initialised on the CPU)"
     )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")

@@ -59,14 +59,15 @@ def _size(t: torch.Tensor, features: int | None) -> float:
 
 
 def measure(module, width: int, steps: int, optimizer: str, lr: float, seed: int, batch: int, seq: int,
-            finite: dict[str, int] | None = None):
+            finite: dict[str, int] | None = None, device: str = "cpu"):
     """{node: [size at init, size of the change after 1..steps steps]} for one model; `finite` maps the
-    nodes whose dims are all finite to their feature count."""
+    nodes whose dims are all finite to their feature count. The model is initialised on the CPU (the same
+    weights on every device) and then moved to `device`; it runs in float32."""
     finite = finite or {}
     torch.manual_seed(seed)
-    model = model_class(module)(module.Config(width=width))
+    model = model_class(module)(module.Config(width=width)).to(device)
     opt = make_optimizer(optimizer, model.param_groups(lr, weight_decay=0.0), lr)
-    x, y = _batch(model, batch, seq, seed)
+    x, y = (t.to(device) for t in _batch(model, batch, seq, seed))
     out, init = {}, {}
     try:
         for t in range(steps + 1):
@@ -111,7 +112,7 @@ def _first_steps(graph, optimizer: str, parametrization: str):
 def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 512, 1024), steps: int = 3,
                 optimizer: str = "adamw", parametrization: str = "mup", lr: float | None = None, seeds: int = 1,
                 batch: int = 4, seq: int = 64, progress: bool = True,
-                base_width: int | None = None) -> dict:
+                base_width: int | None = None, device: str = "cpu") -> dict:
     """Measured slopes vs predicted exponents for every node. The models are generated with every rule 1 at
     `base_width` (default: the first width), so that widths far above it can be measured at the same base."""
     overrides = dict(overrides or {})
@@ -121,6 +122,12 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
     widths = sorted(int(w) for w in widths)
     if len(widths) < 2:
         raise ValueError("a coordinate check needs at least two widths")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device (torch {torch.__version__})")
     d = _first_steps(graph, optimizer, parametrization)
     base_width = widths[0] if base_width is None else int(base_width)
     source = generate(graph, optimizer, parametrization, base_width=base_width)
@@ -134,7 +141,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         if progress:
             print(f"\rcoord check {graph.name}: width {w} seed {s} ({i + 1}/{total})", end="", file=sys.stderr,
                   flush=True)
-        runs[w, s] = measure(module, w, steps, optimizer, lr, s, batch, seq, finite)
+        runs[w, s] = measure(module, w, steps, optimizer, lr, s, batch, seq, finite, device)
     if progress:
         print(file=sys.stderr)
     nodes = []
@@ -150,7 +157,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
             "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps, "tolerance": TOLERANCE,
-            "nodes": nodes}
+            "device": str(device), "nodes": nodes}
 
 
 def to_json(result: dict) -> dict:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from mudelta.runtime import coord
 from mudelta.runtime.cli import main
@@ -66,3 +67,13 @@ def test_base_width_batch_and_seq_are_recorded(capsys):
     assert code in (0, 1)
     r = coord.coord_check("mlp", {}, widths=(64, 128), steps=1, progress=False)
     assert (r["base_width"], r["batch"], r["seq"]) == (64, 4, 64)
+
+
+def test_device_is_checked_and_recorded():
+    r = coord.coord_check("mlp", {}, widths=(32, 64), steps=1, progress=False, device="cpu")
+    assert r["device"] == "cpu"
+    with pytest.raises(ValueError, match="device 'gpu0'"):
+        coord.coord_check("mlp", {}, widths=(32, 64), progress=False, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            coord.coord_check("mlp", {}, widths=(32, 64), progress=False, device="cuda")
