@@ -15,7 +15,8 @@ from mudelta.kernels.testing import REGIMES, TOL, compare, make_inputs
 def test_chunk_torch_matches_naive_float64(regime):
     inp = make_inputs(2, 150, 2, 16, 12, torch.float64, regime=regime, seed=1)
     err = compare(chunk_gated_delta_rule_torch, inp)
-    assert set(err) == {"o", "ht", "q", "k", "v", "g", "beta", "h0"}
+    # outputs and gradients, and the outputs of the same forward run without gradients
+    assert set(err) == {"o", "ht", "q", "k", "v", "g", "beta", "h0", "o_nograd", "ht_nograd"}
     for name, e in err.items():
         assert e < 1e-10, (name, e)
 
