@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from mudelta.derive import derive
 from mudelta.graphs.presets import load
-
-
-def slope(ws, vs):
-    xs = [math.log(w) for w in ws]
-    ys = [math.log(max(v, 1e-300)) for v in vs]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+from mudelta.runtime.coord import slope
 
 
 def predictions(layers: int):

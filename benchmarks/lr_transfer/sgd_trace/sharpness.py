@@ -15,7 +15,6 @@ of the top eigenvector's squared mass in each parameter group (layers merged).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from trace import add_trial_args, key, setup  # noqa: E402
+from trace import add_trial_args, key, per_width, setup  # noqa: E402
 
 from mudelta.runtime.train import lr_factor  # noqa: E402
 
@@ -100,12 +99,7 @@ def main():
     ap.add_argument("--at", default="0,10", help="steps at which to measure (0: init)")
     ap.add_argument("--iters", type=int, default=15, help="power iterations")
     ap.add_argument("-o", "--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    with open(args.out, "w") as f:
-        for w in (int(v) for v in args.widths.split(",")):
-            f.write(json.dumps(run(args, w)) + "\n")
-            f.flush()
+    per_width(ap.parse_args(), run)  # run() prints each measured point
 
 
 if __name__ == "__main__":

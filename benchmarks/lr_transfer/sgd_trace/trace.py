@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mudelta.runtime.config import load_config
+from mudelta.runtime.coord import _size
 from mudelta.runtime.data import Batches, TokenData, val_batches
 from mudelta.runtime.models import make_optimizer
 from mudelta.runtime.train import build_model, lr_factor
@@ -30,17 +31,6 @@ from mudelta.runtime.train import build_model, lr_factor
 
 def key(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name)
-
-
-def rms(t: torch.Tensor) -> float:
-    return t.double().pow(2).mean().sqrt().item()
-
-
-def node_size(t: torch.Tensor, finite: bool) -> float:
-    t = t.double()
-    if finite and t.dim() >= 2:
-        t = t.abs().amax(-1)
-    return t.pow(2).mean().sqrt().item()
 
 
 def setup(args, width: int):
@@ -89,8 +79,12 @@ def run(args, width: int) -> dict:
         return loss.item(), taps
 
     _, taps0 = probe()
-    finite = {
-        n: (v.shape[-1] in (vocab, heads) and v.shape[-1] != model.cfg.size("d_model"))
+    finite = {  # feature count of the nodes whose last dim is finite (the coord check's size for those)
+        n: (
+            v.shape[-1]
+            if v.shape[-1] in (vocab, heads) and v.shape[-1] != model.cfg.size("d_model")
+            else None
+        )
         for n, v in taps0.items()
     }
     out = {"width": width, "lr": args.lr, "par": args.par, "steps": []}
@@ -120,11 +114,11 @@ def run(args, width: int) -> dict:
         }
         ploss, taps = probe()
         rec["probe_loss"] = ploss
-        rec["node"] = {n: node_size(v - taps0[n], finite[n]) for n, v in taps.items()}
+        rec["node"] = {n: _size(v - taps0[n], finite[n]) for n, v in taps.items()}
         out["steps"].append(rec)
         if not math.isfinite(loss.item()) or not math.isfinite(ploss):
             break
-    out["node0"] = {n: node_size(v, finite[n]) for n, v in taps0.items()}
+    out["node0"] = {n: _size(v, finite[n]) for n, v in taps0.items()}
     return out
 
 
@@ -144,23 +138,34 @@ def add_trial_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", default="data/stdlib-bpe8k")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    add_trial_args(ap)
-    ap.add_argument("--steps", type=int, default=20, help="steps recorded")
-    ap.add_argument("-o", "--out", required=True)
-    args = ap.parse_args()
+def per_width(args, run, report=None) -> None:
+    """run(args, width) for each of --widths, one thread; each result is written to --out as a JSON line as
+    it finishes, then passed to report."""
     torch.set_num_threads(1)
     with open(args.out, "w") as f:
         for w in (int(v) for v in args.widths.split(",")):
             r = run(args, w)
             f.write(json.dumps(r) + "\n")
             f.flush()
-            last = r["steps"][-1]
-            print(
-                f"width {w}: {len(r['steps'])} steps, train loss {last['train_loss']:.3f}, probe {last['probe_loss']:.3f}",
-                flush=True,
-            )
+            if report is not None:
+                report(r)
+
+
+def _report(r: dict) -> None:
+    last = r["steps"][-1]
+    print(
+        f"width {r['width']}: {len(r['steps'])} steps, train loss {last['train_loss']:.3f}, "
+        f"probe {last['probe_loss']:.3f}",
+        flush=True,
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_trial_args(ap)
+    ap.add_argument("--steps", type=int, default=20, help="steps recorded")
+    ap.add_argument("-o", "--out", required=True)
+    per_width(ap.parse_args(), run, _report)
 
 
 if __name__ == "__main__":
