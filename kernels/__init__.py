@@ -13,6 +13,8 @@ overflow for large positive g.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .reference import (
@@ -28,6 +30,10 @@ __all__ = [
     "naive_recurrent_gated_delta_rule",
     "chunk_gated_delta_rule_torch",
 ]
+
+
+# The chunked Triton kernels keep [K, BV] state tiles in registers; wider keys take the PyTorch path.
+TRITON_MAX_K = 256
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -65,9 +71,17 @@ def chunk_gated_delta_rule(
     """
     scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    if not _use_triton(q):
-        return chunk_gated_delta_rule_torch(*args)
-    from .triton_gdn import chunk_gated_delta_rule_triton
+    if _use_triton(q) and q.shape[-1] > TRITON_MAX_K:
+        warnings.warn(
+            f"chunk_gated_delta_rule: key dim K = {q.shape[-1]} > {TRITON_MAX_K}, the largest the Triton "
+            "kernels take; running the chunked PyTorch path on the GPU (correct, slower)",
+            stacklevel=2,
+        )
+    elif _use_triton(q):
+        from .triton_gdn import chunk_gated_delta_rule_triton
+
+        return _triton_call(chunk_gated_delta_rule_triton, *args)
+    return chunk_gated_delta_rule_torch(*args)
 
     return _triton_call(chunk_gated_delta_rule_triton, *args)
 

@@ -18,6 +18,7 @@ from mudelta.codegen import generate, load_module
 from mudelta.derive import derive
 from mudelta.derive.rules import NEG_INF
 from mudelta.graphs.presets import PRESETS, load, options
+from mudelta.kernels import chunk_gated_delta_rule_torch
 
 from .data import byte_batch
 from .models import make_optimizer, model_class
@@ -132,6 +133,10 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
     base_width = widths[0] if base_width is None else int(base_width)
     source = generate(graph, optimizer, parametrization, base_width=base_width)
     module = load_module(source, f"mudelta_coord_{graph.name}_{parametrization}_{optimizer.replace('-', '_')}")
+    if hasattr(module, "chunk_gated_delta_rule"):
+        # the recurrence in float32 as on the CPU, at any head dim (the Triton kernels take K <= 256 and
+        # would compile a float32 variant per head dim)
+        module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
               if node.dims and not graph.width_dims(node.dims)}

@@ -157,7 +157,7 @@ def _val_key(data: bytes) -> float:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2.0**64
 
 
-def _bpe(train_docs, vocab_size: int, total: int):
+def _bpe(train_docs, vocab_size: int, total: int, progress: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tqdm import tqdm
 
@@ -170,7 +170,7 @@ def _bpe(train_docs, vocab_size: int, total: int):
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    docs = tqdm(train_docs, total=total, desc="train bpe", unit="doc", leave=False)
+    docs = tqdm(train_docs, total=total, desc="train bpe", unit="doc", leave=False, disable=not progress)
     tok.train_from_iterator((d.decode("utf-8", "replace") for d in docs), trainer=trainer, length=total)
     return tok
 
@@ -257,7 +257,7 @@ def prepare(
     for old in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
         old.unlink()
     if tokenizer == "bpe":
-        tok = _bpe((d for _, d in docs["train"]), vocab_size, len(docs["train"]))
+        tok = _bpe((d for _, d in docs["train"]), vocab_size, len(docs["train"]), progress)
         vocab, eot = tok.get_vocab_size(), tok.token_to_id(EOT)
         tok.save(str(out / "tokenizer.json"))
     else:

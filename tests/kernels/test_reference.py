@@ -124,3 +124,15 @@ def test_positive_g_accepted():
     inp["g"] = 0.01 * torch.rand_like(inp["g"])
     err = compare(chunk_gated_delta_rule, inp)
     assert max(err.values()) < 1e-10
+
+
+def test_wide_keys_take_the_torch_path_with_a_warning(monkeypatch):
+    """K above the Triton kernels' limit runs the chunked PyTorch path (as on CPU) and says so."""
+    import mudelta.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_use_triton", lambda t: True)  # as if the tensors were on a GPU
+    x = make_inputs(1, 8, 1, kernels.TRITON_MAX_K * 2, 4, torch.float64, h0=False, seed=0)
+    args = (x["q"], x["k"], x["v"], x["g"], x["beta"])
+    with pytest.warns(UserWarning, match="K = 512 > 256"):
+        o, _ = kernels.chunk_gated_delta_rule(*args)
+    assert torch.allclose(o, naive_recurrent_gated_delta_rule(*args)[0])
