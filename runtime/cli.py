@@ -95,6 +95,7 @@ def cmd_coord_check(args) -> int:
         progress=args.format == "table",
         base_width=args.base_width,
         device=args.device,
+        dtype=args.dtype,
     )
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device", default="cpu", help="torch device of the models, e.g. cuda (initialised on the CPU)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="the models' precision (default float32)"
     )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")

@@ -60,15 +60,15 @@ def _size(t: torch.Tensor, features: int | None) -> float:
 
 
 def measure(module, width: int, steps: int, optimizer: str, lr: float, seed: int, batch: int, seq: int,
-            finite: dict[str, int] | None = None, device: str = "cpu"):
+            finite: dict[str, int] | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """{node: [size at init, size of the change after 1..steps steps]} for one model; `finite` maps the
-    nodes whose dims are all finite to their feature count. The model is initialised on the CPU (the same
-    weights on every device) and then moved to `device`; it runs in float32."""
+    nodes whose dims are all finite to their feature count. The model is initialised on the CPU in float32
+    (the same weights on every device) and then moved to `device` and `dtype`."""
     finite = finite or {}
     torch.manual_seed(seed)
-    model = model_class(module)(module.Config(width=width)).to(device)
+    model = model_class(module)(module.Config(width=width)).to(device=device, dtype=dtype)
     opt = make_optimizer(optimizer, model.param_groups(lr, weight_decay=0.0), lr)
-    x, y = (t.to(device) for t in _batch(model, batch, seq, seed))
+    x, y = (t.to(device, dtype if t.is_floating_point() else None) for t in _batch(model, batch, seq, seed))
     out, init = {}, {}
     try:
         for t in range(steps + 1):
@@ -113,9 +113,11 @@ def _first_steps(graph, optimizer: str, parametrization: str):
 def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 512, 1024), steps: int = 3,
                 optimizer: str = "adamw", parametrization: str = "mup", lr: float | None = None, seeds: int = 1,
                 batch: int = 4, seq: int = 64, progress: bool = True,
-                base_width: int | None = None, device: str = "cpu") -> dict:
+                base_width: int | None = None, device: str = "cpu", dtype: str = "float32") -> dict:
     """Measured slopes vs predicted exponents for every node. The models are generated with every rule 1 at
-    `base_width` (default: the first width), so that widths far above it can be measured at the same base."""
+    `base_width` (default: the first width), so that widths far above it can be measured at the same base.
+    `dtype` float32 or float64 (a float64 check has no rounding floor under the smallest changes); on a GPU
+    TF32 is off for the check's duration."""
     overrides = dict(overrides or {})
     if spec in PRESETS and "vocab" in options(spec) and "vocab" not in overrides:
         overrides["vocab"] = "256"  # the batch is bytes
@@ -129,6 +131,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         raise ValueError(f"device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: this machine has no CUDA device (torch {torch.__version__})")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype {dtype!r}: a coordinate check runs in float32 or float64")
     d = _first_steps(graph, optimizer, parametrization)
     base_width = widths[0] if base_width is None else int(base_width)
     source = generate(graph, optimizer, parametrization, base_width=base_width)
@@ -142,11 +146,17 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
               if node.dims and not graph.width_dims(node.dims)}
     runs = {}
     total = len(widths) * seeds
-    for i, (w, s) in enumerate((w, s) for w in widths for s in range(seeds)):
-        if progress:
-            print(f"\rcoord check {graph.name}: width {w} seed {s} ({i + 1}/{total})", end="", file=sys.stderr,
-                  flush=True)
-        runs[w, s] = measure(module, w, steps, optimizer, lr, s, batch, seq, finite, device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for i, (w, s) in enumerate((w, s) for w in widths for s in range(seeds)):
+            if progress:
+                print(f"\rcoord check {graph.name}: width {w} seed {s} ({i + 1}/{total})", end="",
+                      file=sys.stderr, flush=True)
+            runs[w, s] = measure(module, w, steps, optimizer, lr, s, batch, seq, finite, device,
+                                 getattr(torch, dtype))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if progress:
         print(file=sys.stderr)
     nodes = []
@@ -161,8 +171,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
                    for w in widths]
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
-            "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps, "tolerance": TOLERANCE,
-            "device": str(device), "nodes": nodes}
+            "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps,
+            "tolerance": TOLERANCE, "device": str(device), "dtype": dtype, "nodes": nodes}
 
 
 def to_json(result: dict) -> dict:

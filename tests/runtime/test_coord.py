@@ -77,3 +77,14 @@ def test_device_is_checked_and_recorded():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             coord.coord_check("mlp", {}, widths=(32, 64), progress=False, device="cuda")
+
+
+def test_float64_check_runs_the_same_model_in_double():
+    # same weights (initialised in float32 on the CPU), so float64 moves the sizes only by float32 rounding
+    r32, r64 = (coord.coord_check("gdn", {"layers": "1"}, widths=(32, 64), steps=1, progress=False, batch=1, seq=16,
+                                  dtype=dt) for dt in ("float32", "float64"))
+    assert (r32["dtype"], r64["dtype"]) == ("float32", "float64")
+    for a, b in zip(r32["nodes"], r64["nodes"], strict=True):
+        assert a.name == b.name and a.rms == pytest.approx(b.rms, rel=1e-3), a.name
+    with pytest.raises(ValueError, match="float32 or float64"):
+        coord.coord_check("mlp", {}, widths=(32, 64), progress=False, dtype="bfloat16")
