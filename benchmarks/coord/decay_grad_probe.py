@@ -1,0 +1,64 @@
+"""The gradient of GDN's log decay g at init, per token, against width (method.md, "Widths 1024-8192 on a GPU").
+
+    python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied]
+
+muP model generated for SGD at base width 64, 2 layers, float64, the coord check's batch (1 x 32 bytes), one
+backward pass per seed. For layer 0 it prints the rms over tokens and heads of dL/dg_t, the mean over tokens
+(a same-signed part survives it, a token-to-token random one falls by sqrt(T)), the part through the token's
+own output, -beta_t (k_t . q_t) <dL/do_t, v_t>, and the rms of the dt_bias gradient (the sum over tokens);
+geometric means over seeds.
+"""
+
+import argparse
+import math
+
+import torch
+from mudelta.codegen import generate, load_module
+from mudelta.graphs.presets import load
+from mudelta.kernels import chunk_gated_delta_rule_torch
+from mudelta.runtime import coord
+from mudelta.runtime.models import model_class
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default="256,512,1024,2048")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--untied", action="store_true")
+    args = ap.parse_args()
+    opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
+    module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_probe")
+    calls = []
+
+    def recurrence(q, k, v, g, beta, scale=None, *rest, **kw):  # keeps layer inputs and output for their grads
+        g.retain_grad()
+        o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, *rest, **kw)
+        o.retain_grad()
+        calls.append((q, k, v, g, beta, o))
+        return o, state
+
+    module.chunk_gated_delta_rule = recurrence
+    for w in (int(x) for x in args.widths.split(",")):
+        rows = []
+        for seed in range(args.seeds):
+            torch.manual_seed(seed)
+            model = model_class(module)(module.Config(width=w)).double()
+            x, y = coord._batch(model, 1, 32, seed)
+            calls.clear()
+            module.TAPS = {}
+            _, loss = model(x, y)
+            module.TAPS = None
+            loss.backward()
+            q, k, v, g, beta, o = calls[0]  # layer 0, [1, T, H, ...]
+            dg = g.grad[0]
+            own = -(beta[0] * (k[0] * q[0]).sum(-1) * (o.grad[0] * v[0]).sum(-1))
+            with torch.no_grad():
+                rows.append([t.item() for t in (dg.pow(2).mean().sqrt(), dg.mean(0).abs().mean(), own.pow(2).mean().sqrt(),
+                             own.mean(0).abs().mean(), model.layers[0].attn.dt_bias.grad.pow(2).mean().sqrt())])
+        geo = [math.exp(sum(math.log(r[i]) for r in rows) / len(rows)) for i in range(5)]
+        print(f"width {w:5d}: dL/dg rms {geo[0]:.3g}, |mean over tokens| {geo[1]:.3g}; own-token part rms "
+              f"{geo[2]:.3g}, |mean| {geo[3]:.3g}; dt_bias grad rms {geo[4]:.3g}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Is the width-dependent SGD instability in GDN's data-dependent gates? (sgd_trace.md, addendum 5)
+
+Trains the CPU analog of sgd_trace.md (trace.setup: same config, param groups, schedule and data) for
+--steps steps with parts of the recurrence's gating frozen at a token-independent value:
+
+  --freeze decay   a_proj = 0, and a_proj, dt_bias, A_log not trained: every head decays by its init constant
+  --freeze beta    b_proj = 0 and not trained: beta = 1/2 for every token and head
+  --freeze both
+  --freeze none    the model as trained in the sweep (a check of the reproduction)
+
+and prints, per width, the final train loss or the step at which the loss first rose 2 nats above its first
+value (the sweep's divergence test). One JSON line per width goes to --out.
+
+    python benchmarks/lr_transfer/sgd_trace/ablate.py --freeze decay --lr 0.05 --widths 64,512 -o abl.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from trace import add_trial_args, per_width, setup  # noqa: E402
+
+from mudelta.runtime.train import lr_factor  # noqa: E402
+
+FROZEN = {"decay": ("a_proj.weight", "dt_bias", "A_log"), "beta": ("b_proj.weight",)}
+ZEROED = ("a_proj.weight", "b_proj.weight")
+
+
+def run(args, width: int) -> dict:
+    cfg, _, _, model, opt, batches = setup(args, width)
+    parts = {"both": FROZEN, "none": {}}.get(args.freeze) or {args.freeze: FROZEN[args.freeze]}
+    frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
+                if n.endswith(ZEROED):
+                    p.zero_()
+    losses, diverged = [], None
+    for step in range(args.steps):
+        factor = lr_factor(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        x, y = batches(step)
+        _, loss = model(x, y)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]) or losses[-1] > losses[0] + cfg.train.diverge_margin:
+            diverged = step + 1
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    tail = losses[-5:]
+    return {"width": width, "lr": args.lr, "freeze": args.freeze, "frozen": len(frozen), "diverged_at": diverged,
+            "final_train_loss": None if diverged else sum(tail) / len(tail), "losses": losses}
+
+
+def report(r: dict) -> None:
+    end = f"div@{r['diverged_at']}" if r["diverged_at"] else f"train loss (last 5) {r['final_train_loss']:.3f}"
+    print(f"freeze {r['freeze']} width {r['width']} lr {r['lr']}: {end} ({r['frozen']} tensors frozen)", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trial_args(ap)
+    ap.add_argument("--freeze", choices=["none", "decay", "beta", "both"], required=True)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("-o", "--out", required=True)
+    per_width(ap.parse_args(), run, report)
+
+
+if __name__ == "__main__":
+    main()
