@@ -62,9 +62,12 @@ def _rules(graph: Graph, d: Derivation) -> list[dict]:
         if kind != "normal" and r.b != 0:
             raise CodegenError(f"parameter {r.name!r} ({kind} init) would need an init scale n**({-r.b})")
         std = _py(float(p.std)) if p.std is not None else _py(tuple(p.fan_in))
-        rule = {"a": _py(r.a), "b": _py(r.b), "c": _py(r.c), "init": kind, "std": std, "decay": kind == "normal",
+        e = -r.a if r.eps is None else r.eps  # Adam eps * m**e (SGD: unused)
+        rule = {"a": _py(r.a), "b": _py(r.b), "c": _py(r.c), "e": _py(e), "init": kind, "std": std,
+                "decay": kind == "normal",
                 "comment": f"{r.category}: init std * {power(-r.b)}, lr * {power(-r.c)}"
-                           + (f", multiplier {power(-r.a)}" if r.a else "")}
+                           + (f", multiplier {power(-r.a)}" if r.a else "")
+                           + (f", eps * {power(r.eps)}" if r.eps is not None and r.eps != 0 else "")}
         key = report.collapse_layers(r.name)
         seen = by_key.setdefault(key, rule)
         if {k: v for k, v in seen.items() if k != "key"} != rule:

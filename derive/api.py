@@ -28,6 +28,7 @@ class ParamRule:
     b: sp.Rational
     c: sp.Rational
     max_stable_c: sp.Rational | None = None  # evaluation mode: the smallest c (largest LR) that stays bounded
+    eps: sp.Rational | None = None  # Adam: eps * n^eps keeps its ratio to the stored parameter's gradient
 
     @property
     def init_std(self) -> str:
@@ -40,6 +41,10 @@ class ParamRule:
     @property
     def lr_scale(self) -> str:
         return power(-self.c)
+
+    @property
+    def eps_scale(self) -> str:
+        return "-" if self.eps is None else power(self.eps)
 
     @property
     def wd_scale(self) -> str:
@@ -97,6 +102,7 @@ class Derivation:
                 {"name": r.name, "shape": r.shape, "category": r.category, "a": _s(r.a), "b": _s(r.b),
                  "c": _s(r.c), "init_std": r.init_std, "multiplier": r.multiplier, "lr_scale": r.lr_scale,
                  **({"wd_scale": r.wd_scale} if self.optimizer.decoupled_weight_decay else {}),
+                 **({"eps_scale": r.eps_scale} if r.eps is not None else {}),
                  **({"max_stable_c": _s(r.max_stable_c)} if r.max_stable_c is not None else {})}
                 for r in self.params
             ],
@@ -171,7 +177,15 @@ def _rule(engine: Engine, opt: Optimizer, p: Param, convention: str, abc) -> Par
     else:
         a, b, c = CONVENTIONS[convention](opt, cat, beta, lr)
         max_c = None
-    return ParamRule(p.name, _shape(engine.g, p), cat, beta, rho, grad, lr, a, b, c, max_c)
+    eps = None
+    if opt.eps:
+        # The stored w = n^a W has gradient entries n^(g - a). A derived rule scales eps with the smaller of the
+        # gradient's exponents at init and in training, so that eps stays at least as small against the
+        # gradient as at the base width in both (Adam's size-free update assumes it); a given parametrization
+        # keeps eps fixed in its own convention (scaled only with the multiplier).
+        sizes = [x for x in (grad, engine.pgrad.get(p.name, NEG_INF)) if x is not NEG_INF]
+        eps = -a if abc is not None or not sizes else sp.Min(*sizes) - a
+    return ParamRule(p.name, _shape(engine.g, p), cat, beta, rho, grad, lr, a, b, c, max_c, eps)
 
 
 def _shape(graph: Graph, p: Param) -> list[str]:

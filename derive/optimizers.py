@@ -16,6 +16,7 @@ class Optimizer:
     name = ""
     momentum = False
     decoupled_weight_decay = False
+    eps = False  # the update divides by the gradient's running rms plus an eps (which then gets a rule)
     # rho = a_coef * a + c + grad_coef * grad_exponent (+ b_coef * b): the update of W = n^{-a} w
     a_coef = 1
     grad_coef = 0
@@ -55,6 +56,7 @@ class SGDNesterov(SGD):
 
 class Adam(Optimizer):
     name = "adam"
+    eps = True
     rule = (
         "Adam: Delta w = -eta n^{-c} m/(sqrt(v)+eps) has entries Theta(eta n^{-c}) whatever the gradient "
         "scale (eps small), so Delta W = n^{-a} Delta w is Theta(n^{-(a+c)})"

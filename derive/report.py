@@ -19,7 +19,7 @@ def _rows(d: Derivation, collapse: bool):
     """One row per parameter; with `collapse`, layers that share a rule become one `layers.*` row."""
     groups: dict[tuple, list] = {}
     for r in d.params:
-        key = (_LAYER.sub("*", r.name) if collapse else r.name, r.init_std, r.multiplier, r.lr_scale)
+        key = (_LAYER.sub("*", r.name) if collapse else r.name, r.init_std, r.multiplier, r.lr_scale, r.eps_scale)
         groups.setdefault(key, []).append(r)
     rows = []
     for (name, *_), rules in groups.items():
@@ -30,6 +30,8 @@ def _rows(d: Derivation, collapse: bool):
         row = [name, " x ".join(r.shape), r.category, r.init_std, r.multiplier, r.lr_scale]
         if d.optimizer.decoupled_weight_decay:
             row.append(r.wd_scale)
+        if d.optimizer.eps:
+            row.append(r.eps_scale)
         if r.max_stable_c is not None:
             row.append(f"n**({-r.max_stable_c})" if r.max_stable_c else "1")
         rows.append(row)
@@ -40,6 +42,8 @@ def _header(d: Derivation):
     head = ["parameter", "shape", "kind", "init std", "multiplier", "lr scale"]
     if d.optimizer.decoupled_weight_decay:
         head.append("wd scale")
+    if d.optimizer.eps:
+        head.append("eps scale")
     if any(r.max_stable_c is not None for r in d.params):
         head.append("max stable lr")
     return head
@@ -203,8 +207,12 @@ def explain(d: Derivation, param: str, depth: int | None = None) -> str:
     out = [
         f"{param}  ({rule.category} weight, shape {' x '.join(rule.shape)}) under {opt.name}:",
         f"  init std {rule.init_std}, multiplier {rule.multiplier}, lr scale {rule.lr_scale}"
-        f"  [convention {d.convention}: a = {rule.a}, b = {rule.b}, c = {rule.c}]",
+        + (f", eps scale {rule.eps_scale}" if rule.eps is not None else "")
+        + f"  [convention {d.convention}: a = {rule.a}, b = {rule.b}, c = {rule.c}]",
         f"  invariants: a + b = {rule.beta} (entries of W are n^-(a+b) at init), {opt.invariant()} = {rule.lr}",
+        *([f"  eps scale {rule.eps_scale}: the stored weight's gradient entries are n^(g - a), g the smaller of "
+           "their exponents at init and in training (g, g1 below); eps keeps its ratio to them"]
+          if rule.eps is not None and d.parametrization == "mup" else []),
         "",
         "derivation (x: size at init, d: change after one step, g: gradient at init, g1: gradient during "
         "training; all exponents of n):",

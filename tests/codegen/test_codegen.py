@@ -176,3 +176,25 @@ def test_base_width_multipliers(case, sources):
         torch.testing.assert_close(scaled(idx)[0], 4.0 * plain(idx)[0])
     with pytest.raises(ValueError, match="no forward multiplier.*'lm_heads'"):
         build(module, BASE, multipliers={"lm_heads": 2.0})
+
+
+@pytest.mark.parametrize("case", ["mlp", "transformer"])
+def test_adam_eps_keeps_its_ratio_to_the_gradient(case):
+    """The derived eps of every parameter scales with its gradient: eps / rms(grad) at 8x the base width stays
+    within 2x of its base-width value (a fixed eps would move by up to 8x for hidden and input weights)."""
+    spec, opts = CASES[case]
+    module = load_module(generate(load(spec, opts), "adamw", "mup", BASE), f"eps_{case}")
+    ratios = {}
+    for width in (BASE, 8 * BASE):
+        model = build(module, width)
+        _, loss = model(*batch(module, model))
+        loss.backward()
+        for group in model.param_groups(1e-3, eps=1e-8):
+            for name, p in zip(group["names"], group["params"], strict=True):
+                rms = p.grad.pow(2).mean().sqrt().item()
+                if rms > 0:
+                    ratios.setdefault(name, []).append(group["eps"] / rms)
+    moved = {n: r[1] / r[0] for n, r in ratios.items() if len(r) == 2}
+    assert len(moved) >= 5
+    off = {n: round(m, 2) for n, m in moved.items() if not 0.5 < m < 2}
+    assert not off, off
