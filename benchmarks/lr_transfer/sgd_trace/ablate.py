@@ -34,7 +34,7 @@ ZEROED = ("a_proj.weight", "b_proj.weight")
 
 def run(args, width: int) -> dict:
     cfg, _, _, model, opt, batches = setup(args, width)
-    parts = {"both": FROZEN, "none": {}}.get(args.freeze) or {args.freeze: FROZEN[args.freeze]}
+    parts = FROZEN if args.freeze == "both" else {} if args.freeze == "none" else {args.freeze: FROZEN[args.freeze]}
     frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
     with torch.no_grad():
         for n, p in model.named_parameters():
