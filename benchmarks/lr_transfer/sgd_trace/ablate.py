@@ -57,13 +57,13 @@ def run(args, width: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
     tail = losses[-5:]
-    return {"width": width, "lr": args.lr, "freeze": args.freeze, "frozen": len(frozen), "diverged_at": diverged,
+    return {"width": width, "lr": args.lr, "freeze": args.freeze, "options": args.option, "frozen": len(frozen), "diverged_at": diverged,
             "final_train_loss": None if diverged else sum(tail) / len(tail), "losses": losses}
 
 
 def report(r: dict) -> None:
     end = f"div@{r['diverged_at']}" if r["diverged_at"] else f"train loss (last 5) {r['final_train_loss']:.3f}"
-    print(f"freeze {r['freeze']} width {r['width']} lr {r['lr']}: {end} ({r['frozen']} tensors frozen)", flush=True)
+    print(f"freeze {r['freeze']} {' '.join(r.get('options', []))} width {r['width']} lr {r['lr']}: {end} ({r['frozen']} tensors frozen)", flush=True)
 
 
 def main():

@@ -51,6 +51,7 @@ def setup(args, width: int):
         "train.weight_decay=0.0",
         "train.momentum=0.9",
         f"train.seed={args.seed}",
+        *(f"model.options.{kv}" for kv in args.option),
     ]
     cfg = load_config("benchmarks/lr_transfer/config.yaml", over)
     data = TokenData(cfg.data.path)
@@ -136,6 +137,7 @@ def add_trial_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="data/stdlib-bpe8k")
+    ap.add_argument("--option", action="append", default=[], help="a model option, e.g. gate=false (repeatable)")
 
 
 def per_width(args, run, report=None) -> None:
