@@ -83,8 +83,6 @@ def chunk_gated_delta_rule(
         return _triton_call(chunk_gated_delta_rule_triton, *args)
     return chunk_gated_delta_rule_torch(*args)
 
-    return _triton_call(chunk_gated_delta_rule_triton, *args)
-
 
 def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import TRITON_MAX_K
+
 BT = 64  # chunk size
 # Intermediates stored between kernels (T, W, U~, per-chunk states, new values, their gradients) are bf16
 # for bf16 inputs and float32 (tf32/ieee products) for fp16/fp32 inputs. The forward state recurrence and the
@@ -814,8 +816,8 @@ class _Launch:
         # K < 64 is padded to BK = 64 (masked): bf16 products with BK = 16 or 32 crash or lose accuracy on
         # Hopper with Triton 3.6 (the register-cast family of the BV bug below; benchmarks/NOTES.md)
         self.BK = _next_pow2(self.K, lo=64)
-        if self.BK > 256:
-            raise ValueError(f"the Triton kernels support K <= 256, got K = {self.K}")
+        if self.BK > TRITON_MAX_K:
+            raise ValueError(f"the Triton kernels support K <= {TRITON_MAX_K}, got K = {self.K}")
         self.prec = _prec(q.dtype)
         self.inter = _inter(q.dtype)
         self.dev = q.device
