@@ -36,7 +36,7 @@ here = Path(__file__).parent
 variants = {"none": (set(), "muP, every lr-grows-as-n group held at n^0 (= sgd_ablin.yaml)")}
 for g in GROUPS:
     variants[f"only_{g}"] = ({g}, f"muP, only {g} keeps lr n; the other lr-grows-as-n groups at n^0")
-for g in ("emb", "conv"):  # the two groups that diverge alone (sgd_trace.md)
+for g in ("emb", "conv", "onorm"):  # the two groups that diverge alone (sgd_trace.md), and o_norm (addendum 5)
     variants[f"no_{g}"] = (set(GROUPS) - {g}, f"muP, only {g} held at lr n^0; the others keep lr n")
 for name, (keep, title) in variants.items():
     (here / f"sgd_abl_{name}.yaml").write_text(text(keep, title))
