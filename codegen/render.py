@@ -64,7 +64,7 @@ def _rules(graph: Graph, d: Derivation) -> list[dict]:
         std = _py(float(p.std)) if p.std is not None else _py(tuple(p.fan_in))
         e = -r.a if r.eps is None else r.eps  # Adam eps * m**e (SGD: unused)
         rule = {"a": _py(r.a), "b": _py(r.b), "c": _py(r.c), "e": _py(e), "init": kind, "std": std,
-                "decay": kind == "normal",
+                "decay": kind == "normal", "kind": r.category,
                 "comment": f"{r.category}: init std * {power(-r.b)}, lr * {power(-r.c)}"
                            + (f", multiplier {power(-r.a)}" if r.a else "")
                            + (f", eps * {power(r.eps)}" if r.eps is not None and r.eps != 0 else "")}

@@ -40,6 +40,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     lr: float = 3e-3  # base learning rate; each param group multiplies it by its derived factor
+    lr_multipliers: dict = field(default_factory=dict)  # per parameter kind, width-independent: {hidden: 2.0}
     warmup: int = 100  # linear warmup steps, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -85,6 +86,8 @@ class Config:
             "device",
         ):
             d["train"].pop(key)
+        if not d["train"]["lr_multipliers"]:  # absent and empty hash alike (runs from before the field)
+            d["train"].pop("lr_multipliers")
         d.pop("out")
         return d
 
@@ -93,6 +96,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+FACTORS = {("model", "multipliers"): "readout", ("train", "lr_multipliers"): "hidden"}  # field -> example key
 
 
 def _coerce(value, current, key: str, where: str):
@@ -157,10 +161,11 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
             raise ConfigError(f"{where}{key}: expected a mapping of preset options, e.g. {{layers: 8}}")
         section.options = {**section.options, **{str(k): _option(v) for k, v in value.items()}}
         return
-    if parts[0] == "model" and parts[1] == "multipliers":  # name -> positive number
+    if (parts[0], parts[1]) in FACTORS:  # name -> positive number
         value = {".".join(parts[2:]): value} if len(parts) > 2 else value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}{key}: expected a mapping of names to factors, e.g. {{readout: 4.0}}")
+            raise ConfigError(f"{where}{key}: expected a mapping of names to factors, e.g. "
+                              f"{{{FACTORS[parts[0], parts[1]]}: 4.0}}")
         factors = {}
         for k, v in value.items():
             try:
@@ -168,8 +173,8 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
             except (TypeError, ValueError):
                 factors[str(k)] = math.nan
             if not factors[str(k)] > 0 or math.isinf(factors[str(k)]):
-                raise ConfigError(f"{where}model.multipliers.{k}: expected a positive number, got {v!r}")
-        section.multipliers = {**section.multipliers, **factors}
+                raise ConfigError(f"{where}{parts[0]}.{parts[1]}.{k}: expected a positive number, got {v!r}")
+        setattr(section, parts[1], {**getattr(section, parts[1]), **factors})
         return
     if len(parts) > 2:
         raise ConfigError(f"{where}{key}: {parts[0]}.{parts[1]} has no sub-keys")

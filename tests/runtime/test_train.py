@@ -4,13 +4,14 @@ the schedule."""
 import json
 import math
 import shutil
+import sys
 
 import pytest
 from conftest import tiny_overrides
 from mudelta.runtime.checkpoint import CheckpointError
 from mudelta.runtime.cli import main
 from mudelta.runtime.config import ConfigError, load_config
-from mudelta.runtime.train import lr_factor, run
+from mudelta.runtime.train import build_model, lr_factor, run
 
 
 def losses(out):
@@ -115,6 +116,27 @@ def test_base_width_multipliers_from_the_config(byte_data, tmp_path):
             load_config(None, tiny_overrides(byte_data, tmp_path / "b", **{"model.multipliers.nope": "2"})),
             progress=False,
         )
+
+
+def test_lr_multipliers_per_parameter_kind(byte_data, tmp_path):
+    base = load_config(None, tiny_overrides(byte_data, tmp_path))
+    cfg = load_config(None, tiny_overrides(byte_data, tmp_path, **{"train.lr_multipliers.hidden": "2"}))
+    assert cfg.train.lr_multipliers == {"hidden": 2.0}
+    assert base.trajectory_hash() != cfg.trajectory_hash()
+    assert "lr_multipliers" not in base.trajectory()["train"]  # hashes of runs from before the key are kept
+    _, model = build_model(cfg, 256, tmp_path / "m")
+    plain = {n: g["lr"] for g in model.param_groups(1e-3) for n in g["names"]}
+    scaled = {n: g["lr"] for g in model.param_groups(1e-3, lr_multipliers={"hidden": 2.0}) for n in g["names"]}
+    rule_for = sys.modules[type(model).__module__].rule_for  # the generated module's
+    kinds = {n: rule_for(n).kind for n in plain}
+    assert {kinds[n] for n in plain} >= {"hidden", "input"}
+    for n, lr in plain.items():
+        assert scaled[n] == pytest.approx(lr * (2.0 if kinds[n] == "hidden" else 1.0)), n
+    with pytest.raises(ValueError, match="unknown kind \\['hiden'\\]"):
+        model.param_groups(1e-3, lr_multipliers={"hiden": 2.0})
+    with pytest.raises(ConfigError, match="train.lr_multipliers.hidden: expected a positive number"):
+        load_config(None, ["train.lr_multipliers.hidden=0"])
+    assert not run(cfg, progress=False)["diverged"]
 
 
 def test_render_takes_a_parametrization_file_by_content(tmp_path):
