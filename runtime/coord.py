@@ -186,7 +186,7 @@ def table(result: dict, failures_only: bool = False) -> str:
     ok = sum(n.passed for n in nodes)
     head = (f"coord check: {result['spec']}, {result['parametrization']} under {result['optimizer']} "
             f"(lr {result['lr']}), widths {result['widths']} (base {result['base_width']}), batch "
-            f"{result['batch']} x {result['seq']}; step 0 = size at init, step t = change after t "
+            f"{result['batch']} x {result['seq']}, {result['dtype']} on {result['device']}; step 0 = size at init, step t = change after t "
             f"steps; slope of log rms vs log width, tolerance {result['tolerance']}")
     rows = [f"{'node':28s} {'step':>4s} {'predicted':>9s} {'measured':>9s}  result"]
     for n in nodes:
