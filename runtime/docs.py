@@ -52,7 +52,9 @@ How to read the tables: n is the width (`d_model`) relative to a base width, so 
 when the width doubles". Rules are shown in the Tensor Programs V Table 3 representative (forward
 multipliers a = 0 except the named slots): `init std` multiplies the base init std, `lr scale` the base
 learning rate of that parameter group. Under AdamW the weight decay is scaled by the inverse of the LR
-scale, so that lr x wd (the per-step shrink) does not change with width. The reason columns name the bound
+scale, so that lr x wd (the per-step shrink) does not change with width. Under Adam(W), `eps scale`
+multiplies Adam's eps; it follows the parameter's gradient, so eps stays as small against it as at the base
+width. The reason columns name the bound
 that set each exponent: the node whose size (at init) or change (after one step) would otherwise exceed
 its natural scale, and the fact used there (CLT: a sum of n independent terms grows as n^(1/2); LLN: a
 sum of n correlated terms grows as n). `mudelta explain gdn PARAM --optimizer OPT` prints the full
@@ -121,10 +123,12 @@ def _rules(section: Rules) -> list[str]:
 
         def cells(r, d=d):
             init_why, lr_why = report.reasons(d, r.name, collapse=True)
-            return [r.category, f"`{r.init_std}`", init_why, f"`{r.lr_scale}`", lr_why]
+            eps = [f"`{r.eps_scale}`"] if d.optimizer.eps else []
+            return [r.category, f"`{r.init_std}`", init_why, f"`{r.lr_scale}`", lr_why, *eps]
 
         out += [f"### {opt}", ""]
-        out += _table(["parameter", "kind", "init std", "why", "lr scale", "why"], _grouped(d, cells))
+        head = ["parameter", "kind", "init std", "why", "lr scale", "why"]
+        out += _table(head + ["eps scale"] * d.optimizer.eps, _grouped(d, cells))
         out += [""]
         if d.slots:
             out += ["Forward multipliers:", ""]
