@@ -42,6 +42,15 @@ def lr_factor(step: int, cfg: Config) -> float:
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def schedule(opt, step: int, cfg: Config) -> float:
+    """Set every param group's lr to its base lr (`base_lr`, the derived one) times lr_factor(step);
+    returns the factor."""
+    factor = lr_factor(step, cfg)
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    return factor
+
+
 def _group_name(i: int, g: dict) -> str:
     names = g.get("names", [])
     shown = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
@@ -284,9 +293,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         try:
             while step < t.steps:
                 tick = time.perf_counter()
-                factor = lr_factor(step, cfg)
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * factor
+                factor = schedule(opt, step, cfg)
                 x, y = batches(step)
                 with autocast():
                     _, loss = fwd(x.to(dev.device, non_blocking=True), y.to(dev.device, non_blocking=True))

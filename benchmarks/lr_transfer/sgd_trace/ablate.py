@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from trace import add_trial_args, per_width, setup  # noqa: E402
 
-from mudelta.runtime.train import lr_factor  # noqa: E402
+from mudelta.runtime.train import schedule  # noqa: E402
 
 FROZEN = {"decay": ("a_proj.weight", "dt_bias", "A_log"), "beta": ("b_proj.weight",)}
 ZEROED = ("a_proj.weight", "b_proj.weight")
@@ -44,9 +44,7 @@ def run(args, width: int) -> dict:
                     p.zero_()
     losses, diverged = [], None
     for step in range(args.steps):
-        factor = lr_factor(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+        schedule(opt, step, cfg)
         x, y = batches(step)
         _, loss = model(x, y)
         losses.append(loss.item())

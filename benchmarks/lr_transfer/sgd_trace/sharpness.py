@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from trace import add_trial_args, key, per_width, setup  # noqa: E402
 
-from mudelta.runtime.train import lr_factor  # noqa: E402
+from mudelta.runtime.train import schedule  # noqa: E402
 
 
 def _power(grads, params, scale, iters: int, seed: int, shift: float = 0.0):
@@ -83,8 +83,7 @@ def run(args, width: int) -> dict:
             )
         if step == at[-1]:
             break
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+        schedule(opt, step, cfg)
         x, y = batches(step)
         _, loss = model(x, y)
         loss.backward()

@@ -26,7 +26,7 @@ from mudelta.runtime.config import load_config
 from mudelta.runtime.coord import _size
 from mudelta.runtime.data import Batches, TokenData, val_batches
 from mudelta.runtime.models import make_optimizer
-from mudelta.runtime.train import build_model, lr_factor
+from mudelta.runtime.train import build_model, schedule
 
 
 def key(name: str) -> str:
@@ -90,9 +90,7 @@ def run(args, width: int) -> dict:
     }
     out = {"width": width, "lr": args.lr, "par": args.par, "steps": []}
     for step in range(args.steps):
-        factor = lr_factor(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+        schedule(opt, step, cfg)
         x, y = batches(step)
         _, loss = model(x, y)
         loss.backward()
