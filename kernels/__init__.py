@@ -71,16 +71,16 @@ def chunk_gated_delta_rule(
     """
     scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    if _use_triton(q) and q.shape[-1] > TRITON_MAX_K:
+    if _use_triton(q):
+        if q.shape[-1] <= TRITON_MAX_K:
+            from .triton_gdn import chunk_gated_delta_rule_triton
+
+            return _triton_call(chunk_gated_delta_rule_triton, *args)
         warnings.warn(
             f"chunk_gated_delta_rule: key dim K = {q.shape[-1]} > {TRITON_MAX_K}, the largest the Triton "
             "kernels take; running the chunked PyTorch path on the GPU (correct, slower)",
             stacklevel=2,
         )
-    elif _use_triton(q):
-        from .triton_gdn import chunk_gated_delta_rule_triton
-
-        return _triton_call(chunk_gated_delta_rule_triton, *args)
     return chunk_gated_delta_rule_torch(*args)
 
 

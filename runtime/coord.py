@@ -138,8 +138,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
     source = generate(graph, optimizer, parametrization, base_width=base_width)
     module = load_module(source, f"mudelta_coord_{graph.name}_{parametrization}_{optimizer.replace('-', '_')}")
     if hasattr(module, "chunk_gated_delta_rule"):
-        # the recurrence in float32 as on the CPU, at any head dim (the Triton kernels take K <= 256 and
-        # would compile a float32 variant per head dim)
+        # the recurrence on the chunked PyTorch path as on the CPU, in the check's dtype, at any head dim (the
+        # Triton kernels take K <= 256 and would compile a float32 variant per head dim)
         module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()

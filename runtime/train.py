@@ -212,7 +212,9 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         n_params = sum(p.numel() for p in model.parameters())
         model = _wrap(model, cfg, dev)
         inner = model.module if hasattr(model, "module") else model
-        groups = inner.param_groups(t.lr, weight_decay=t.weight_decay, eps=t.eps, lr_multipliers=t.lr_multipliers)
+        groups = inner.param_groups(
+            t.lr, weight_decay=t.weight_decay, eps=t.eps, lr_multipliers=t.lr_multipliers
+        )
         for g in groups:
             g["base_lr"] = g["lr"]
         opt = make_optimizer(cfg.model.optimizer, groups, t.lr, momentum=t.momentum, betas=t.betas)

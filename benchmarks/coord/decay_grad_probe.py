@@ -1,4 +1,4 @@
-"""The gradient of GDN's log decay g at init, per token, against width (method.md, "Widths 1024-8192 on a GPU").
+"""The gradient of GDN's log decay g at init, per token, against width (coord/method.md, GPU widths section).
 
     python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied]
 
@@ -30,7 +30,9 @@ def main():
     module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_probe")
     calls = []
 
-    def recurrence(q, k, v, g, beta, scale=None, *rest, **kw):  # keeps layer inputs and output for their grads
+    def recurrence(
+        q, k, v, g, beta, scale=None, *rest, **kw
+    ):  # keeps layer inputs and output for their grads
         g.retain_grad()
         o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, *rest, **kw)
         o.retain_grad()
@@ -53,11 +55,24 @@ def main():
             dg = g.grad[0]
             own = -(beta[0] * (k[0] * q[0]).sum(-1) * (o.grad[0] * v[0]).sum(-1))
             with torch.no_grad():
-                rows.append([t.item() for t in (dg.pow(2).mean().sqrt(), dg.mean(0).abs().mean(), own.pow(2).mean().sqrt(),
-                             own.mean(0).abs().mean(), model.layers[0].attn.dt_bias.grad.pow(2).mean().sqrt())])
+                rows.append(
+                    [
+                        t.item()
+                        for t in (
+                            dg.pow(2).mean().sqrt(),
+                            dg.mean(0).abs().mean(),
+                            own.pow(2).mean().sqrt(),
+                            own.mean(0).abs().mean(),
+                            model.layers[0].attn.dt_bias.grad.pow(2).mean().sqrt(),
+                        )
+                    ]
+                )
         geo = [math.exp(sum(math.log(r[i]) for r in rows) / len(rows)) for i in range(5)]
-        print(f"width {w:5d}: dL/dg rms {geo[0]:.3g}, |mean over tokens| {geo[1]:.3g}; own-token part rms "
-              f"{geo[2]:.3g}, |mean| {geo[3]:.3g}; dt_bias grad rms {geo[4]:.3g}", flush=True)
+        print(
+            f"width {w:5d}: dL/dg rms {geo[0]:.3g}, |mean over tokens| {geo[1]:.3g}; own-token part rms "
+            f"{geo[2]:.3g}, |mean| {geo[3]:.3g}; dt_bias grad rms {geo[4]:.3g}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

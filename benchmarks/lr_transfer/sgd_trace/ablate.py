@@ -34,7 +34,13 @@ ZEROED = ("a_proj.weight", "b_proj.weight")
 
 def run(args, width: int) -> dict:
     cfg, _, _, model, opt, batches = setup(args, width)
-    parts = FROZEN if args.freeze == "both" else {} if args.freeze == "none" else {args.freeze: FROZEN[args.freeze]}
+    parts = (
+        FROZEN
+        if args.freeze == "both"
+        else {}
+        if args.freeze == "none"
+        else {args.freeze: FROZEN[args.freeze]}
+    )
     frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -55,13 +61,27 @@ def run(args, width: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
     tail = losses[-5:]
-    return {"width": width, "lr": args.lr, "freeze": args.freeze, "options": args.option, "frozen": len(frozen), "diverged_at": diverged,
-            "final_train_loss": None if diverged else sum(tail) / len(tail), "losses": losses}
+    return {
+        "width": width,
+        "lr": args.lr,
+        "freeze": args.freeze,
+        "options": args.option,
+        "frozen": len(frozen),
+        "diverged_at": diverged,
+        "final_train_loss": None if diverged else sum(tail) / len(tail),
+        "losses": losses,
+    }
 
 
 def report(r: dict) -> None:
-    end = f"div@{r['diverged_at']}" if r["diverged_at"] else f"train loss (last 5) {r['final_train_loss']:.3f}"
-    print(f"freeze {r['freeze']} {' '.join(r.get('options', []))} width {r['width']} lr {r['lr']}: {end} ({r['frozen']} tensors frozen)", flush=True)
+    end = (
+        f"div@{r['diverged_at']}" if r["diverged_at"] else f"train loss (last 5) {r['final_train_loss']:.3f}"
+    )
+    print(
+        f"freeze {r['freeze']} {' '.join(r.get('options', []))} width {r['width']} lr {r['lr']}: {end} "
+        f"({r['frozen']} tensors frozen)",
+        flush=True,
+    )
 
 
 def main():
