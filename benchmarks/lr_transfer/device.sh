@@ -4,9 +4,9 @@
 # Installs mudelta (no deps: the image has them), checks the kernels at the experiment's head dims (each in its
 # own process: an illegal access poisons a CUDA context) while it prepares the BPE data (deterministic), then:
 #  1. tunes the readout's base-width multiplier (model.multipliers.$MULT, default readout; lm_head for an
-#     untied model) at the base width: muP AdamW trials for every alpha in ALPHAS (default "2 4 8"), each
-#     alpha's trials under $TAG<A>/ (TAG default alpha) with their own results.jsonl; picks the alpha of the
-#     lowest final validation loss (cpu_ablation.md says why); a single alpha is taken as given, untuned;
+#     untied model; KEY replaces the whole key, e.g. KEY=train.lr_multipliers.hidden) at the base width:
+#     muP AdamW trials for every alpha in ALPHAS (default "2 4 8"), each alpha's trials under $TAG<A>/ (TAG
+#     default alpha) with their own results.jsonl; picks the alpha of the lowest final validation loss (cpu_ablation.md says why); a single alpha is taken as given, untuned;
 #  2. runs the grid with that alpha: widths (largest first), mup and sp, for each optimizer in OPTS
 #     (default "adamw sgd-nesterov"), into alpha<A>/results.jsonl.
 # WIDTHS (space-separated) replaces the config's widths. SOURCES (paths) replaces the data's default source, the
@@ -16,7 +16,7 @@
 set -uo pipefail
 STEPS=${1:?steps}; UNTIL=${2:?seconds}
 ALPHAS=${ALPHAS:-"2 4 8"}; OPTS=${OPTS:-"adamw sgd-nesterov"}; PER_GPU=${PER_GPU:-4}
-MULT=${MULT:-readout}; TAG=${TAG:-alpha}; EXTRA=${EXTRA:-}; DATA=${DATA:-data/stdlib-bpe8k}; SOURCES=${SOURCES:-}
+MULT=${MULT:-readout}; KEY=${KEY:-model.multipliers.$MULT}; TAG=${TAG:-alpha}; EXTRA=${EXTRA:-}; DATA=${DATA:-data/stdlib-bpe8k}; SOURCES=${SOURCES:-}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:-/tmp/lr_out}; mkdir -p "$OUT"
 CFG=benchmarks/lr_transfer/config.yaml
@@ -49,7 +49,7 @@ sweep() {  # sweep ALPHA ARGS...
     local a=$1; shift
     echo "sweep alpha $a $* ($((UNTIL - SECONDS)) s left)"
     timeout $((UNTIL - SECONDS)) $M sweep $CFG --quiet $SET --per-gpu "$PER_GPU" \
-        --set model.multipliers.$MULT="$a" --set out=$DIR/$TAG"$a" $EXTRA "$@" 2>&1 | grep -v "^\s*$" | tail -n 40
+        --set "$KEY=$a" --set out=$DIR/$TAG"$a" $EXTRA "$@" 2>&1 | grep -v "^\s*$" | tail -n 40
 }
 # 1. alpha at the base width (all alphas at once: small models)
 BASE=$(python3 -c "import yaml; print(yaml.safe_load(open('$CFG'))['model']['base_width'])")
