@@ -6,7 +6,8 @@
 #  1. tunes the readout's base-width multiplier (model.multipliers.$MULT, default readout; lm_head for an
 #     untied model; KEY replaces the whole key, e.g. KEY=train.lr_multipliers.hidden) at the base width:
 #     muP AdamW trials for every alpha in ALPHAS (default "2 4 8"), each alpha's trials under $TAG<A>/ (TAG
-#     default alpha) with their own results.jsonl; picks the alpha of the lowest final validation loss (cpu_ablation.md says why); a single alpha is taken as given, untuned;
+#     default alpha) with their own results.jsonl; picks the alpha of the lowest final validation loss
+#     (cpu_ablation.md says why); a single alpha is taken as given, untuned;
 #  2. runs the grid with that alpha: widths (largest first), mup and sp, for each optimizer in OPTS
 #     (default "adamw sgd-nesterov"), into alpha<A>/results.jsonl.
 # WIDTHS (space-separated) replaces the config's widths. SOURCES (paths) replaces the data's default source, the
