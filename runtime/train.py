@@ -220,7 +220,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         opt = make_optimizer(cfg.model.optimizer, groups, t.lr, momentum=t.momentum, betas=t.betas)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         step, best, metrics_mode = 0, math.inf, "w"
-        init_loss = None
+        init_loss = val_loss = None
         path = checkpoint.latest(ckdir) if resume else None
         if path is not None:
             model_sd, opt_sd, meta = checkpoint.load(path, cfg.trajectory_hash(), cfg.trajectory())
@@ -228,6 +228,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             set_optimizer_state_dict(model, opt, opt_sd, options=StateDictOptions(full_state_dict=True))
             checkpoint.set_rng_state(meta["rng_tensors"], meta["rng"])
             step, best, init_loss = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("init_loss")
+            val_loss = meta.get("val_loss")  # a run resumed at its last step reports it as its final loss
             metrics_mode = "a"
             if main:
                 _truncate(out / "metrics.jsonl", step)
@@ -269,6 +270,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     "config_hash": cfg.trajectory_hash(),
                     "config": cfg.trajectory(),
                     "best_val_loss": None if best == math.inf else best,
+                    "val_loss": val_loss,
                     "init_loss": init_loss,
                     "data_position": batches.position(at),
                     "world_size": dev.world,
@@ -291,7 +293,6 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             )
         timed_from = step + max(1, min(10, (t.steps - step) // 10))
         timed_seconds, started = 0.0, time.perf_counter()
-        val_loss = None
         try:
             while step < t.steps:
                 tick = time.perf_counter()

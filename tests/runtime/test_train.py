@@ -38,6 +38,9 @@ def test_resume_is_bit_exact(byte_data, tmp_path):
     assert result_b["final_val_loss"] == result["final_val_loss"]
     meta = json.loads((b / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert meta["step"] == 6 and meta["data_position"]["window"] == 24 and "rng" in meta
+    # a sweep that lost its results file resumes a finished trial at its last checkpoint: same final loss
+    again = run(cfg_b, resume=True, progress=False)
+    assert again["final_val_loss"] == result["final_val_loss"] and again["tokens"] == result["tokens"]
 
 
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
