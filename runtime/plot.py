@@ -211,11 +211,13 @@ def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> 
         ax.set_ylabel(metric.replace("_", " "))
         drift = e["drift_steps"]
         drift = "-" if drift is None else drift
+        steps = "step" if drift == 1 else "steps"
         ax.set_title(
-            f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} steps{_lost(e)}", fontsize=9
+            f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} {steps}{_lost(e)}", fontsize=9
         )
         ax.legend(fontsize=7)
-    fig.suptitle("validation loss vs learning rate (x: diverged; circles: optimum per width)")
+    title = "validation loss vs learning rate (x: diverged; circles: optimum per width)"
+    fig.suptitle(title if len(pars) > 1 else title.replace(" (", "\n("), fontsize=10)  # one panel: two lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
