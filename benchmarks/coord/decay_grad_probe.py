@@ -1,18 +1,24 @@
 """The gradient of GDN's log decay g at init, per token, against width (coord/method.md, GPU widths section).
 
-    python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied]
+    python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied] [--detach-rms final]
+        [--uniform-p]
 
 muP model generated for SGD at base width 64, 2 layers, float64, the coord check's batch (1 x 32 bytes), one
 backward pass per seed. For layer 0 it prints the rms over tokens and heads of dL/dg_t, the mean over tokens
 (a same-signed part survives it, a token-to-token random one falls by sqrt(T)), the part through the token's
 own output, -beta_t (k_t . q_t) <dL/do_t, v_t>, and the rms of the dt_bias gradient (the sum over tokens);
-geometric means over seeds.
+geometric means over seeds. Ablations that cut one path from the loss to a forward quantity: --detach-rms
+final|onorm|all treats the rms of the final norm (of the mixers' output norms, of every RMSNorm) as a constant
+in the backward, so its Jacobian no longer projects along its input; --uniform-p backpropagates the
+cross-entropy's cotangent with the softmax fixed at uniform (1/V - onehot(y)), so the cotangent no longer
+depends on the forward through the logits.
 """
 
 import argparse
 import math
 
 import torch
+import torch.nn.functional as F
 from mudelta.codegen import generate, load_module
 from mudelta.graphs.presets import load
 from mudelta.kernels import chunk_gated_delta_rule_torch
@@ -25,6 +31,8 @@ def main():
     ap.add_argument("--widths", default="256,512,1024,2048")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--untied", action="store_true")
+    ap.add_argument("--detach-rms", choices=["none", "final", "onorm", "all"], default="none")
+    ap.add_argument("--uniform-p", action="store_true")
     args = ap.parse_args()
     opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
     module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_probe")
@@ -40,16 +48,30 @@ def main():
         return o, state
 
     module.chunk_gated_delta_rule = recurrence
+
+    def rms_constant(self, x):  # RMSNorm with its rms held constant in the backward
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps).detach() * self.weight
+
     for w in (int(x) for x in args.widths.split(",")):
         rows = []
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             model = model_class(module)(module.Config(width=w)).double()
             x, y = coord._batch(model, 1, 32, seed)
+            onorms = [b.attn.o_norm for b in model.layers]
+            norms = {"none": [], "final": [model.norm], "onorm": onorms, "all": list(model.modules())}[
+                args.detach_rms
+            ]
+            for m in norms:
+                if isinstance(m, module.RMSNorm):
+                    m.forward = rms_constant.__get__(m)
             calls.clear()
             module.TAPS = {}
-            _, loss = model(x, y)
+            logits, loss = model(x, y)
             module.TAPS = None
+            if args.uniform_p:  # d loss / d logits = 1/V - onehot(y), whatever the logits
+                cot = torch.full_like(logits, 1.0 / logits.shape[-1]) - F.one_hot(y, logits.shape[-1])
+                loss = (logits * cot).sum() / y.numel()
             loss.backward()
             q, k, v, g, beta, o = calls[0]  # layer 0, [1, T, H, ...]
             dg = g.grad[0]
