@@ -8,6 +8,10 @@ Trains the CPU analog of sgd_trace.md (trace.setup: same config, param groups, s
   --freeze both
   --freeze none    the model as trained in the sweep (a check of the reproduction)
 
+--detach-final-rms holds the final norm's rms constant in the backward (the forward is unchanged), which cuts
+the path by which the tied readout aligns the backward with the forward at init (coord/method.md, "Where the
+aligned part comes from").
+
 and prints, per width, the final train loss or the step at which the loss first rose 2 nats above its first
 value (the sweep's divergence test). One JSON line per width goes to --out.
 
@@ -41,6 +45,13 @@ def run(args, width: int) -> dict:
         if args.freeze == "none"
         else {args.freeze: FROZEN[args.freeze]}
     )
+    if args.detach_final_rms:
+        norm = model.norm
+
+        def rms_held(x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps).detach() * norm.weight
+
+        norm.forward = rms_held
     frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -65,7 +76,7 @@ def run(args, width: int) -> dict:
         "width": width,
         "lr": args.lr,
         "freeze": args.freeze,
-        "options": args.option,
+        "options": args.option + (["detach_final_rms"] if args.detach_final_rms else []),
         "frozen": len(frozen),
         "diverged_at": diverged,
         "final_train_loss": None if diverged else sum(tail) / len(tail),
@@ -89,6 +100,7 @@ def main():
     add_trial_args(ap)
     ap.add_argument("--freeze", choices=["none", "decay", "beta", "both"], required=True)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--detach-final-rms", action="store_true")
     ap.add_argument("-o", "--out", required=True)
     per_width(ap.parse_args(), run, report)
 
