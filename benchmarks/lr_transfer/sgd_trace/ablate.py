@@ -8,6 +8,9 @@ Trains the CPU analog of sgd_trace.md (trace.setup: same config, param groups, s
   --freeze both
   --freeze none    the model as trained in the sweep (a check of the reproduction)
 
+--recurrence linear replaces the gated delta rule by gated linear attention with the same gates and no erase
+term, S_t = alpha_t S_(t-1) + beta_t v_t k_t^T (computed in its quadratic form): a test of the delta rule.
+
 --detach-final-rms holds the final norm's rms constant in the backward (the forward is unchanged), which cuts
 the path by which the tied readout aligns the backward with the forward at init (coord/method.md, "Where the
 aligned part comes from").
@@ -36,8 +39,20 @@ FROZEN = {"decay": ("a_proj.weight", "dt_bias", "A_log"), "beta": ("b_proj.weigh
 ZEROED = ("a_proj.weight", "b_proj.weight")
 
 
+def gated_linear_attention(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, **_):
+    """o_t = sum_(s <= t) exp(G_t - G_s) beta_s (q_t . k_s) v_s, G the cumulative log decay; [B, T, H, K]."""
+    T = q.shape[1]
+    G = g.to(torch.promote_types(g.dtype, torch.float32)).cumsum(1)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None]
+    decay = torch.where(causal, G[:, :, None] - G[:, None], -math.inf).exp()  # [B, t, s, H]
+    scores = torch.einsum("bthk,bshk->btsh", q * (scale or 1.0), k) * decay * beta[:, None]
+    return torch.einsum("btsh,bshv->bthv", scores.to(v.dtype), v), None
+
+
 def run(args, width: int) -> dict:
-    cfg, _, _, model, opt, batches = setup(args, width)
+    cfg, _, module, model, opt, batches = setup(args, width)
+    if args.recurrence == "linear":
+        module.chunk_gated_delta_rule = gated_linear_attention
     parts = (
         FROZEN
         if args.freeze == "both"
@@ -76,7 +91,9 @@ def run(args, width: int) -> dict:
         "width": width,
         "lr": args.lr,
         "freeze": args.freeze,
-        "options": args.option + (["detach_final_rms"] if args.detach_final_rms else []),
+        "options": args.option
+        + (["detach_final_rms"] if args.detach_final_rms else [])
+        + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else []),
         "frozen": len(frozen),
         "diverged_at": diverged,
         "final_train_loss": None if diverged else sum(tail) / len(tail),
@@ -101,6 +118,7 @@ def main():
     ap.add_argument("--freeze", choices=["none", "decay", "beta", "both"], required=True)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--detach-final-rms", action="store_true")
+    ap.add_argument("--recurrence", choices=["delta", "linear"], default="delta")
     ap.add_argument("-o", "--out", required=True)
     per_width(ap.parse_args(), run, report)
 
