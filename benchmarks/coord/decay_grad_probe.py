@@ -1,7 +1,7 @@
 """The gradient of GDN's log decay g at init, per token, against width (coord/method.md, GPU widths section).
 
     python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied] [--detach-rms final]
-        [--uniform-p]
+        [--uniform-p] [--option gate=false]
 
 muP model generated for SGD at base width 64, 2 layers, float64, the coord check's batch (1 x 32 bytes), one
 backward pass per seed. For layer 0 it prints the rms over tokens and heads of dL/dg_t, the mean over tokens
@@ -33,8 +33,10 @@ def main():
     ap.add_argument("--untied", action="store_true")
     ap.add_argument("--detach-rms", choices=["none", "final", "onorm", "all"], default="none")
     ap.add_argument("--uniform-p", action="store_true")
+    ap.add_argument("--option", action="append", default=[], help="a preset option, e.g. gate=false")
     args = ap.parse_args()
     opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
+    opts.update(kv.split("=", 1) for kv in args.option)
     module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_probe")
     calls = []
 
