@@ -11,6 +11,9 @@ Trains the CPU analog of sgd_trace.md (trace.setup: same config, param groups, s
 --recurrence linear replaces the gated delta rule by gated linear attention with the same gates and no erase
 term, S_t = alpha_t S_(t-1) + beta_t v_t k_t^T (computed in its quadratic form): a test of the delta rule.
 
+--qkv-act none drops the silu after the q, k, v projections (and convolutions), as in the transformer's
+attention; silu has a Theta(1) derivative, so no derived exponent depends on it.
+
 --detach-final-rms holds the final norm's rms constant in the backward (the forward is unchanged), which cuts
 the path by which the tied readout aligns the backward with the forward at init (coord/method.md, "Where the
 aligned part comes from").
@@ -53,6 +56,13 @@ def run(args, width: int) -> dict:
     cfg, _, module, model, opt, batches = setup(args, width)
     if args.recurrence == "linear":
         module.chunk_gated_delta_rule = gated_linear_attention
+    if args.qkv_act == "none":
+
+        def branch(self, name, x):
+            h = getattr(self, f"{name}_proj")(x)
+            return getattr(self, f"{name}_conv1d")(h) if self.cfg.conv else h
+
+        module.GatedDeltaNet.branch = branch
     parts = (
         FROZEN
         if args.freeze == "both"
@@ -90,10 +100,12 @@ def run(args, width: int) -> dict:
     return {
         "width": width,
         "lr": args.lr,
+        "seed": args.seed,
         "freeze": args.freeze,
         "options": args.option
         + (["detach_final_rms"] if args.detach_final_rms else [])
-        + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else []),
+        + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else [])
+        + (["qkv_act=none"] if args.qkv_act == "none" else []),
         "frozen": len(frozen),
         "diverged_at": diverged,
         "final_train_loss": None if diverged else sum(tail) / len(tail),
@@ -119,6 +131,7 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--detach-final-rms", action="store_true")
     ap.add_argument("--recurrence", choices=["delta", "linear"], default="delta")
+    ap.add_argument("--qkv-act", choices=["silu", "none"], default="silu")
     ap.add_argument("-o", "--out", required=True)
     per_width(ap.parse_args(), run, report)
 
