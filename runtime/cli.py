@@ -190,7 +190,7 @@ def cmd_plot(args) -> int:
 
     from mudelta.runtime import plot
 
-    rows = plot.read_results(args.results)
+    rows = plot.read_many(args.results)
     summary = plot.summarize(rows, args.metric)
     if args.output != "none":
         plot.plot(rows, args.output, args.metric)
@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("plot", help="val loss vs LR per width, optimal LR per width and its drift")
-    p.add_argument("results", help="results JSONL written by `mudelta sweep`")
+    p.add_argument(
+        "results", nargs="+", help="results JSONL written by `mudelta sweep` (several: one panel per file)"
+    )
     p.add_argument("-o", "--output", default="lr_sweep.png", help="PNG path ('none' to skip)")
     p.add_argument("--metric", default="final_val_loss", choices=["final_val_loss", "best_val_loss"])
     p.add_argument("--format", default="table", choices=["table", "json", "markdown"])

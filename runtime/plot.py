@@ -10,6 +10,21 @@ from pathlib import Path
 from .sweep import read_rows
 
 
+def read_many(paths: list[str | Path]) -> list[dict]:
+    """The rows of one or more results files. With several, each file's rows are kept apart (their own
+    panel and summary): the parametrization is labelled with the file, e.g. `mup [alpha8/results.jsonl]`."""
+    if len(paths) == 1:
+        return read_results(paths[0])
+    labels = [f"{Path(p).parent.name}/{Path(p).name}" if Path(p).parent.name else Path(p).name for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [str(p) for p in paths]
+    return [
+        {**row, "parametrization": f"{row['parametrization']} [{label}]"}
+        for path, label in zip(paths, labels, strict=True)
+        for row in read_results(path)
+    ]
+
+
 def read_results(path: str | Path) -> list[dict]:
     """The rows of a results file; for a trial recorded more than once, the last row."""
     path = Path(path)

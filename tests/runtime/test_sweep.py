@@ -94,6 +94,14 @@ def test_tiny_preset_runs_on_cpu(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert {(e["parametrization"], e["optimizer"]) for e in summary} == {("mup", "adamw"), ("sp", "adamw")}
     assert (tmp_path / "p.png").stat().st_size > 10_000
+    # two sweeps (say, two readout multipliers) side by side: each file keeps its own panel and summary
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.jsonl").write_text((out / "results.jsonl").read_text())
+    files = [str(out / "results.jsonl"), str(other / "results.jsonl")]
+    assert main(["plot", *files, "-o", str(tmp_path / "two.png"), "--format", "json"]) == 0
+    labels = {e["parametrization"] for e in json.loads(capsys.readouterr().out)}
+    assert labels == {f"{p} [{d}/results.jsonl]" for p in ("mup", "sp") for d in (out.name, "other")}
 
 
 def rows_from(table, par="mup", opt="adamw", diverged=()):
