@@ -1,7 +1,7 @@
 """The gradient of GDN's log decay g at init, per token, against width (coord/method.md, GPU widths section).
 
     python benchmarks/coord/decay_grad_probe.py --widths 256,512,1024,2048 [--untied] [--detach-rms final]
-        [--uniform-p] [--option gate=false]
+        [--uniform-p] [--option gate=false] [--hold-gated-norm]
 
 muP model generated for SGD at base width 64, 2 layers, float64, the coord check's batch (1 x 32 bytes), one
 backward pass per seed. For layer 0 it prints the rms over tokens and heads of dL/dg_t, the mean over tokens
@@ -11,7 +11,8 @@ geometric means over seeds. Ablations that cut one path from the loss to a forwa
 final|onorm|all treats the rms of the final norm (of the mixers' output norms, of every RMSNorm) as a constant
 in the backward, so its Jacobian no longer projects along its input; --uniform-p backpropagates the
 cross-entropy's cotangent with the softmax fixed at uniform (1/V - onehot(y)), so the cotangent no longer
-depends on the forward through the logits.
+depends on the forward through the logits. --hold-gated-norm holds the norm of each head's gated output
+constant in the backward (the forward is unchanged).
 """
 
 import argparse
@@ -33,6 +34,7 @@ def main():
     ap.add_argument("--untied", action="store_true")
     ap.add_argument("--detach-rms", choices=["none", "final", "onorm", "all"], default="none")
     ap.add_argument("--uniform-p", action="store_true")
+    ap.add_argument("--hold-gated-norm", action="store_true")
     ap.add_argument("--option", action="append", default=[], help="a preset option, e.g. gate=false")
     args = ap.parse_args()
     opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
@@ -50,6 +52,16 @@ def main():
         return o, state
 
     module.chunk_gated_delta_rule = recurrence
+    if args.hold_gated_norm:  # the gated output's norm per head held constant in the backward (same forward)
+        tap = module.tap
+
+        def held(name, x):
+            if name.endswith("_gated"):
+                norm = x.norm(dim=-1, keepdim=True)
+                x = x * (norm.detach() / norm)
+            return tap(name, x)
+
+        module.tap = held
 
     def rms_constant(self, x):  # RMSNorm with its rms held constant in the backward
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps).detach() * self.weight
