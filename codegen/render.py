@@ -95,6 +95,15 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
         check_identifier(name, "multiplier slot", dotted=True)
         why = report.collapse_layers(report.slot_reason(d, name)).replace("`", "")
         slots.append({"name": name, "exponent": _py(exponent), "comment": textwrap.wrap(why, 80)})
+    norm_eps = {}
+    for node, exponent in d.norm_eps.items():
+        gain = graph.nodes[node].params.get("gain")
+        if gain is None or not gain.endswith(".weight"):
+            raise CodegenError(f"norm {node!r} has no gain parameter to name its module by")
+        check_identifier(gain, "parameter", dotted=True)
+        key = report.collapse_layers(gain.removesuffix(".weight"))
+        if norm_eps.setdefault(key, _py(exponent)) != _py(exponent):
+            raise CodegenError(f"norm {key!r} needs a different eps exponent in different layers")
     dims = [{"name": n, "coef": _py(dim.coef), "exponent": _py(dim.exponent)} for n, dim in graph.dims.items()]
     meta = dict(graph.meta)
     every = meta.get("attn_every", 0)
@@ -107,6 +116,7 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
                                    break_on_hyphens=False, break_long_words=False)),
         "spec": graph.name, "explain_flags": flags, "optimizer": optimizer, "parametrization": parametrization,
         "convention": convention, "base_width": base_width, "rules": _rules(graph, d), "slots": slots,
+        "norm_eps": norm_eps,
         "dims": dims, "meta": meta, "model_class": MODEL_CLASSES[graph.name],
         "attn_layers": attn_layers, "gdn_layers": graph.name == "gdn" and (not every or every > 1),
         "attn_dims": meta.get("attn_dims", ()),

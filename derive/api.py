@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -71,6 +71,7 @@ class Derivation:
     params: list[ParamRule]
     slots: dict[str, sp.Rational]
     violations: list[Violation]
+    norm_eps: dict[str, sp.Rational] = field(default_factory=dict)  # norm node -> eps * n^e (see derive())
 
     @property
     def spec(self) -> str:
@@ -107,6 +108,7 @@ class Derivation:
                 for r in self.params
             ],
             "multipliers": [{"name": s, "exponent": _s(v), "multiplier": power(v)} for s, v in self.slots.items()],
+            "norm_eps": [{"node": k, "exponent": _s(v), "scale": power(v)} for k, v in self.norm_eps.items()],
             "nodes": nodes,
             "violations": [{"desideratum": v.desideratum, "node": v.node, "exponent": _s(v.exponent),
                             "message": v.message} for v in self.violations],
@@ -158,7 +160,23 @@ def derive(graph: Graph, optimizer: str | Optimizer = "adam", parametrization: s
         if node.op == "scale" and "fixed" in node.attrs:
             slots[node.attrs["slot"]] = node.attrs["fixed"]
     label = "given" if isinstance(parametrization, dict) else str(parametrization)
-    return Derivation(graph, opt, label, convention, engine, rules, slots, check(engine))
+    return Derivation(graph, opt, label, convention, engine, rules, slots, check(engine),
+                      _norm_eps(engine, derived=abc is None))
+
+
+def _norm_eps(engine: Engine, derived: bool) -> dict[str, sp.Rational]:
+    """A norm divides by sqrt(mean(u^2) + eps). Its input u is smallest at init (it only grows in training),
+    n^(2 x(u)) in mean square, so a derived rule scales eps by n^(2 x(u)): eps keeps its share of mean(u^2) at
+    the base width, and the norm stays as scale-invariant as it is there. A fixed eps against an input that
+    shrinks with width turns the norm into a scale as the width grows. An input that does not shrink keeps eps
+    fixed (its share can only fall), and so does a given parametrization."""
+    out = {}
+    for name in engine.g.order:
+        node = engine.g.nodes[name]
+        if node.op in ("rmsnorm", "layernorm"):
+            x = engine.X(node.inputs[0])
+            out[name] = sp.Rational(2 * x) if derived and x is not NEG_INF and x < 0 else sp.Integer(0)
+    return out
 
 
 def _rule(engine: Engine, opt: Optimizer, p: Param, convention: str, abc) -> ParamRule:

@@ -160,6 +160,15 @@ def violation_groups(d: Derivation, collapse: bool = True) -> list[tuple[str, st
     return [(k[0], str(k[1]), groups[k]) for k in order]
 
 
+def norm_eps_groups(d: Derivation) -> list[tuple[str, object]]:
+    """The norms whose eps scales with the width, layers merged as *, in graph order."""
+    out: dict[str, object] = {}
+    for node, e in d.norm_eps.items():
+        if e != 0:
+            out.setdefault(re.sub(r"^l\d+_", "l*_", node), e)
+    return list(out.items())
+
+
 def _title(d: Derivation) -> str:
     return (f"{d.spec}: {d.parametrization} under {d.optimizer.name} "
             f"(convention {d.convention}; n = width, rules relative to a base width)")
@@ -169,6 +178,10 @@ def _tail(d: Derivation) -> list[str]:
     out = []
     if d.slots:
         out += ["", "forward multipliers: " + ", ".join(f"{s} = {power(v)}" for s, v in d.slots.items())]
+    scaled = norm_eps_groups(d)
+    if scaled:
+        out += ["", "norm eps (eps * scale keeps its share of the input's mean square at init): "
+                + ", ".join(f"{k} * {power(v)}" for k, v in scaled)]
     if d.violations:
         out += ["", f"desiderata that fail ({len(d.violations)}; exponent of n by which each is off):"]
         out += [f"  - {k} n^({e}): {', '.join(nodes)}" for k, e, nodes in violation_groups(d)]

@@ -135,6 +135,10 @@ def _rules(section: Rules) -> list[str]:
             out += [f"- `{s}` = `{power(v)}`: {report.collapse_layers(report.slot_reason(d, s))}"
                     for s, v in d.slots.items()]
             out += [""]
+        scaled = report.norm_eps_groups(d)
+        if scaled:
+            out += ["Norm eps (eps times this scale keeps its share of the norm input's mean square at "
+                    "init): " + ", ".join(f"`{k}` `{power(v)}`" for k, v in scaled), ""]
         out += _assumptions(d)
         if d.violations:
             out += ["Desiderata that fail:", ""] + _failures(d)

@@ -198,3 +198,31 @@ def test_adam_eps_keeps_its_ratio_to_the_gradient(case):
     assert len(moved) >= 5
     off = {n: round(m, 2) for n, m in moved.items() if not 0.5 < m < 2}
     assert not off, off
+
+
+@pytest.mark.parametrize("case", ["gdn", "gdn-hybrid", "transformer"])
+def test_norm_eps_keeps_its_share_of_the_input(case):
+    """Every RMSNorm's eps scales with its input's mean square at init: eps / mean(u^2) at 8x the base width
+    stays within 2x of its base-width value. In the head-dim GDN the output norm's input o = S q is n^-1/2 at
+    init, so a fixed eps would take 8x its share there and the norm would stop being scale-invariant."""
+    spec, opts = CASES[case]
+    name = f"norm_eps_{case.replace('-', '_')}"
+    module = load_module(generate(load(spec, opts), "adamw", "mup", BASE), name)
+    shares = {}
+    for width in (BASE, 8 * BASE):
+        model = build(module, width)
+        hooks = [
+            m.register_forward_pre_hook(
+                lambda m, a, name=name: shares.setdefault(name, []).append(m.eps / a[0].pow(2).mean().item())
+            )
+            for name, m in model.named_modules()
+            if isinstance(m, module.RMSNorm)
+        ]
+        with torch.no_grad():
+            model(*batch(module, model))
+        for h in hooks:
+            h.remove()
+    moved = {n: s[1] / s[0] for n, s in shares.items()}
+    assert len(moved) >= 5
+    off = {n: round(m, 2) for n, m in moved.items() if not 0.5 < m < 2}
+    assert not off, off
