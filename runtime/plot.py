@@ -15,6 +15,8 @@ def read_many(paths: list[str | Path]) -> list[dict]:
     panel and summary): the parametrization is labelled with the file, e.g. `mup [alpha8/results.jsonl]`."""
     if len(paths) == 1:
         return read_results(paths[0])
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise ValueError("the same results file is given twice")
     labels = [f"{Path(p).parent.name}/{Path(p).name}" if Path(p).parent.name else Path(p).name for p in paths]
     if len(set(labels)) < len(labels):
         labels = [str(p) for p in paths]
@@ -232,7 +234,7 @@ def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> 
         )
         ax.legend(fontsize=7)
     title = "validation loss vs learning rate (x: diverged; circles: optimum per width)"
-    fig.suptitle(title if len(pars) > 1 else title.replace(" (", "\n("), fontsize=10)  # one panel: two lines
+    fig.suptitle(title if len(pars) > 1 else title.replace(" (", "\n("), fontsize=10)  # one column: two lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

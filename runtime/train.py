@@ -228,12 +228,17 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             set_optimizer_state_dict(model, opt, opt_sd, options=StateDictOptions(full_state_dict=True))
             checkpoint.set_rng_state(meta["rng_tensors"], meta["rng"])
             step, best, init_loss = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("init_loss")
-            val_loss = meta.get("val_loss")  # a run resumed at its last step reports it as its final loss
             metrics_mode = "a"
             if main:
                 _truncate(out / "metrics.jsonl", step)
                 if progress:
                     print(f"resumed from {path} at step {step}", file=sys.stderr)
+            # a run resumed at its last step reports that step's validation loss as its final loss (checkpoints
+            # written before the loss was kept in them: the last one logged up to the step)
+            if "val_loss" in meta or not main:
+                val_loss = meta.get("val_loss")
+            else:
+                val_loss = _last_val_loss(out / "metrics.jsonl", step)
         elif resume and main and progress:
             print(f"no checkpoint in {ckdir}: starting at step 0", file=sys.stderr)
         batches = Batches(data, cfg.data.batch, cfg.data.seq, t.seed, dev.rank, dev.world)
@@ -392,6 +397,15 @@ def _peak(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _last_val_loss(path: Path, step: int) -> float | None:
+    """The last validation loss logged at or before `step`, if any."""
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r and r.get("step", 0) <= step]
+    return vals[-1] if vals else None
 
 
 def _truncate(path: Path, step: int) -> None:

@@ -102,6 +102,9 @@ def test_tiny_preset_runs_on_cpu(tmp_path, capsys):
     assert main(["plot", *files, "-o", str(tmp_path / "two.png"), "--format", "json"]) == 0
     labels = {e["parametrization"] for e in json.loads(capsys.readouterr().out)}
     assert labels == {f"{p} [{d}/results.jsonl]" for p in ("mup", "sp") for d in (out.name, "other")}
+    assert (tmp_path / "two.png").stat().st_size > 10_000
+    assert main(["plot", files[0], files[0], "-o", "none"]) == 2
+    assert "the same results file is given twice" in capsys.readouterr().err
 
 
 def rows_from(table, par="mup", opt="adamw", diverged=()):

@@ -41,6 +41,10 @@ def test_resume_is_bit_exact(byte_data, tmp_path):
     # a sweep that lost its results file resumes a finished trial at its last checkpoint: same final loss
     again = run(cfg_b, resume=True, progress=False)
     assert again["final_val_loss"] == result["final_val_loss"] and again["tokens"] == result["tokens"]
+    # a checkpoint written before it kept the loss: the loss logged at that step
+    state = b / "checkpoints" / "step_00000006" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "val_loss"}))
+    assert run(cfg_b, resume=True, progress=False)["final_val_loss"] == result["final_val_loss"]
 
 
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
