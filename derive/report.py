@@ -165,7 +165,7 @@ def norm_eps_groups(d: Derivation) -> list[tuple[str, object]]:
     out: dict[str, object] = {}
     for node, e in d.norm_eps.items():
         if e != 0:
-            out.setdefault(re.sub(r"^l\d+_", "l*_", node), e)
+            out.setdefault(collapse_layers(node), e)
     return list(out.items())
 
 
