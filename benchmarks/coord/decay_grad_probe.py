@@ -20,11 +20,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mudelta.codegen import generate, load_module
-from mudelta.graphs.presets import load
 from mudelta.kernels import chunk_gated_delta_rule_torch
-from mudelta.runtime import coord
-from mudelta.runtime.models import model_class
+from probe_setup import probe_module, seeded
 
 
 def main():
@@ -37,9 +34,8 @@ def main():
     ap.add_argument("--hold-gated-norm", action="store_true")
     ap.add_argument("--option", action="append", default=[], help="a preset option, e.g. gate=false")
     args = ap.parse_args()
-    opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
-    opts.update(kv.split("=", 1) for kv in args.option)
-    module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_probe")
+    options = dict(kv.split("=", 1) for kv in args.option)
+    module = probe_module("decay_grad_probe", tied=not args.untied, options=options)
     calls = []
 
     def recurrence(
@@ -69,9 +65,7 @@ def main():
     for w in (int(x) for x in args.widths.split(",")):
         rows = []
         for seed in range(args.seeds):
-            torch.manual_seed(seed)
-            model = model_class(module)(module.Config(width=w)).double()
-            x, y = coord._batch(model, 1, 32, seed)
+            model, x, y = seeded(module, w, seed)
             onorms = [b.attn.o_norm for b in model.layers]
             norms = {"none": [], "final": [model.norm], "onorm": onorms, "all": list(model.modules())}[
                 args.detach_rms

@@ -13,11 +13,8 @@ Config.norm_eps (the o_norm eps is norm_eps * (width/64)^e with the derived e).
 import argparse
 
 import torch
-from mudelta.codegen import generate, load_module
-from mudelta.graphs.presets import load
 from mudelta.kernels import chunk_gated_delta_rule_torch
-from mudelta.runtime import coord
-from mudelta.runtime.models import model_class
+from probe_setup import probe_module, seeded
 
 
 def stats(t):
@@ -30,8 +27,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--norm-eps", type=float, default=1e-6)
     args = ap.parse_args()
-    opts = {"layers": "2", "vocab": "256", "tied": "true"}
-    module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_radial")
+    module = probe_module("decay_grad_radial")
     outputs, seen = [], []
 
     def recurrence(*a, **kw):
@@ -43,9 +39,7 @@ def main():
     for w in (int(x) for x in args.widths.split(",")):
         rows = {k: [] for k in ("rho", "coef", "du", "do", "radial", "grad")}
         for seed in range(args.seeds):
-            torch.manual_seed(seed)
-            model = model_class(module)(module.Config(width=w, norm_eps=args.norm_eps)).double()
-            x, y = coord._batch(model, 1, 32, seed)
+            model, x, y = seeded(module, w, seed, norm_eps=args.norm_eps)
             att = model.layers[0].attn
             hook = att.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
             outputs.clear()

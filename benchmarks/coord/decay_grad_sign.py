@@ -10,11 +10,7 @@ its sign.
 
 import argparse
 
-import torch
-from mudelta.codegen import generate, load_module
-from mudelta.graphs.presets import load
-from mudelta.runtime import coord
-from mudelta.runtime.models import model_class
+from probe_setup import probe_module, seeded
 
 
 def main():
@@ -23,14 +19,11 @@ def main():
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--untied", action="store_true")
     args = ap.parse_args()
-    opts = {"layers": "2", "vocab": "256", "tied": "false" if args.untied else "true"}
-    module = load_module(generate(load("gdn", opts), "sgd", "mup", base_width=64), "decay_grad_sign")
+    module = probe_module("decay_grad_sign", tied=not args.untied)
     for w in (int(x) for x in args.widths.split(",")):
         grads = []
         for seed in range(args.seeds):
-            torch.manual_seed(seed)
-            model = model_class(module)(module.Config(width=w)).double()
-            x, y = coord._batch(model, 1, 32, seed)
+            model, x, y = seeded(module, w, seed)
             _, loss = model(x, y)
             loss.backward()
             grads += model.layers[0].attn.dt_bias.grad.tolist()
