@@ -4,6 +4,7 @@ for the CLI and for sweeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -141,7 +142,11 @@ def build_model(cfg: Config, vocab: int | None, workdir: Path):
         raise ValueError(
             f"model.module {path} was generated for base width {base}, the config says {m.base_width}"
         )
-    model = cls(module.Config(width=m.width, multipliers={k: float(v) for k, v in m.multipliers.items()}))
+    kw = {"fixed_norm_eps": True} if m.fixed_norm_eps else {}
+    if kw and "fixed_norm_eps" not in {f.name for f in dataclasses.fields(module.Config)}:
+        raise ValueError(f"model {path}: model.fixed_norm_eps is set, but the model has no derived norm eps")
+    factors = {k: float(v) for k, v in m.multipliers.items()}
+    model = cls(module.Config(width=m.width, multipliers=factors, **kw))
     if vocab is not None and model.cfg.vocab < vocab:
         raise ValueError(
             f"model vocab {model.cfg.vocab} is smaller than the data's {vocab}; set "

@@ -146,6 +146,24 @@ def test_lr_multipliers_per_parameter_kind(byte_data, tmp_path):
     assert not run(cfg, progress=False)["diverged"]
 
 
+def test_fixed_norm_eps_ablation(byte_data, tmp_path):
+    """model.fixed_norm_eps keeps every norm's eps at its base-width value; by default the output norm's
+    eps follows the derived rule (its input is n^-1/2 at init in the head-dim GDN)."""
+    over = tiny_overrides(byte_data, tmp_path, **{"model.spec": "gdn", "model.width": "64", "model.base_width": "32"})
+    base = load_config(None, over)
+    fixed = load_config(None, [*over, "model.fixed_norm_eps=true"])
+    assert "fixed_norm_eps" not in base.trajectory()["model"]  # hashes of runs from before the key are kept
+    assert base.trajectory_hash() != fixed.trajectory_hash()
+    eps = {}
+    for name, cfg in (("derived", base), ("fixed", fixed)):
+        module, model = build_model(cfg, 256, tmp_path / name)
+        eps[name] = {n: m.eps for n, m in model.named_modules() if isinstance(m, module.RMSNorm)}
+    assert set(eps["fixed"].values()) == {model.cfg.norm_eps}
+    scaled = {n for n, e in eps["derived"].items() if e != model.cfg.norm_eps}
+    assert scaled and all(n.endswith("o_norm") for n in scaled)
+    assert all(eps["derived"][n] == pytest.approx(model.cfg.norm_eps / 2) for n in scaled)
+
+
 def test_render_takes_a_parametrization_file_by_content(tmp_path):
     from mudelta.runtime.models import render
 
