@@ -96,6 +96,7 @@ def cmd_coord_check(args) -> int:
         base_width=args.base_width,
         device=args.device,
         dtype=args.dtype,
+        derived_norm_eps=args.derived_norm_eps,
     )
     png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "float64"], help="the models' precision (default float32)"
+    )
+    p.add_argument(
+        "--derived-norm-eps", action="store_true", help="norms take the derived eps rule (default: one eps)"
     )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")

@@ -27,7 +27,9 @@ class ModelConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd | sgd-nesterov (the rules are derived for it)
     module: str | None = None  # an already generated model file: used instead of rendering spec
     multipliers: dict = field(default_factory=dict)  # base-width constants, e.g. {readout: 4.0}
-    fixed_norm_eps: bool = False  # ablation: every norm's eps the same at every width, not the derived rule
+    # every norm's eps is the same at every width unless this turns on the derived rule (the generated NORM_EPS;
+    # it trains worse: benchmarks/lr_transfer/results.md, "the derived norm eps")
+    derived_norm_eps: bool = False
 
 
 @dataclass
@@ -89,8 +91,8 @@ class Config:
             d["train"].pop(key)
         if not d["train"]["lr_multipliers"]:  # absent and empty hash alike (runs from before the field)
             d["train"].pop("lr_multipliers")
-        if not d["model"]["fixed_norm_eps"]:  # likewise for the derived norm eps, the default
-            d["model"].pop("fixed_norm_eps")
+        if not d["model"]["derived_norm_eps"]:  # likewise for the norm eps rule, off by default
+            d["model"].pop("derived_norm_eps")
         d.pop("out")
         return d
 

@@ -60,13 +60,15 @@ def _size(t: torch.Tensor, features: int | None) -> float:
 
 
 def measure(module, width: int, steps: int, optimizer: str, lr: float, seed: int, batch: int, seq: int,
-            finite: dict[str, int] | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
+            finite: dict[str, int] | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+            config: dict | None = None):
     """{node: [size at init, size of the change after 1..steps steps]} for one model; `finite` maps the
     nodes whose dims are all finite to their feature count. The model is initialised on the CPU in float32
-    (the same weights on every device) and then moved to `device` and `dtype`."""
+    (the same weights on every device) and then moved to `device` and `dtype`; `config`: more fields of the
+    generated Config."""
     finite = finite or {}
     torch.manual_seed(seed)
-    model = model_class(module)(module.Config(width=width)).to(device=device, dtype=dtype)
+    model = model_class(module)(module.Config(width=width, **(config or {}))).to(device=device, dtype=dtype)
     opt = make_optimizer(optimizer, model.param_groups(lr, weight_decay=0.0), lr)
     x, y = (t.to(device, dtype if t.is_floating_point() else None) for t in _batch(model, batch, seq, seed))
     out, init = {}, {}
@@ -113,11 +115,12 @@ def _first_steps(graph, optimizer: str, parametrization: str):
 def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 512, 1024), steps: int = 3,
                 optimizer: str = "adamw", parametrization: str = "mup", lr: float | None = None, seeds: int = 1,
                 batch: int = 4, seq: int = 64, progress: bool = True,
-                base_width: int | None = None, device: str = "cpu", dtype: str = "float32") -> dict:
+                base_width: int | None = None, device: str = "cpu", dtype: str = "float32",
+                derived_norm_eps: bool = False) -> dict:
     """Measured slopes vs predicted exponents for every node. The models are generated with every rule 1 at
     `base_width` (default: the first width), so that widths far above it can be measured at the same base.
     `dtype` float32 or float64 (a float64 check has no rounding floor under the smallest changes); on a GPU
-    TF32 is off for the check's duration."""
+    TF32 is off for the check's duration. derived_norm_eps: the norms take the derived eps rule."""
     overrides = dict(overrides or {})
     if spec in PRESETS and "vocab" in options(spec) and "vocab" not in overrides:
         overrides["vocab"] = "256"  # the batch is bytes
@@ -142,6 +145,9 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         # Triton kernels take K <= 256 and would compile a float32 variant per head dim)
         module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
     lr = DEFAULT_LR[optimizer] if lr is None else lr
+    config = {"derived_norm_eps": True} if derived_norm_eps else None
+    if config and not hasattr(module.Config, "eps_of"):
+        raise ValueError(f"{graph.name}: --derived-norm-eps, but the model has no norm eps rule")
     finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
               if node.dims and not graph.width_dims(node.dims)}
     runs = {}
@@ -154,7 +160,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
                 print(f"\rcoord check {graph.name}: width {w} seed {s} ({i + 1}/{total})", end="",
                       file=sys.stderr, flush=True)
             runs[w, s] = measure(module, w, steps, optimizer, lr, s, batch, seq, finite, device,
-                                 getattr(torch, dtype))
+                                 getattr(torch, dtype), config)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if progress:
@@ -172,7 +178,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
             "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps,
-            "tolerance": TOLERANCE, "device": str(device), "dtype": dtype, "nodes": nodes}
+            "tolerance": TOLERANCE, "device": str(device), "dtype": dtype, "derived_norm_eps": derived_norm_eps,
+            "nodes": nodes}
 
 
 def to_json(result: dict) -> dict:

@@ -142,9 +142,9 @@ def build_model(cfg: Config, vocab: int | None, workdir: Path):
         raise ValueError(
             f"model.module {path} was generated for base width {base}, the config says {m.base_width}"
         )
-    kw = {"fixed_norm_eps": True} if m.fixed_norm_eps else {}
-    if kw and "fixed_norm_eps" not in {f.name for f in dataclasses.fields(module.Config)}:
-        raise ValueError(f"model {path}: model.fixed_norm_eps is set, but the model has no derived norm eps")
+    kw = {"derived_norm_eps": True} if m.derived_norm_eps else {}
+    if kw and "derived_norm_eps" not in {f.name for f in dataclasses.fields(module.Config)}:
+        raise ValueError(f"model {path}: model.derived_norm_eps is set, but the model has no derived norm eps")
     factors = {k: float(v) for k, v in m.multipliers.items()}
     model = cls(module.Config(width=m.width, multipliers=factors, **kw))
     if vocab is not None and model.cfg.vocab < vocab:

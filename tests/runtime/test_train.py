@@ -146,16 +146,16 @@ def test_lr_multipliers_per_parameter_kind(byte_data, tmp_path):
     assert not run(cfg, progress=False)["diverged"]
 
 
-def test_fixed_norm_eps_ablation(byte_data, tmp_path):
-    """model.fixed_norm_eps keeps every norm's eps at its base-width value; by default the output norm's
-    eps follows the derived rule (its input is n^-1/2 at init in the head-dim GDN)."""
+def test_derived_norm_eps_is_opt_in(byte_data, tmp_path):
+    """By default every norm's eps is the same at every width; model.derived_norm_eps turns on the derived
+    rule, under which the head-dim GDN's output norm (its input n^-1/2 at init) takes eps * n^-1."""
     over = tiny_overrides(byte_data, tmp_path, **{"model.spec": "gdn", "model.width": "64", "model.base_width": "32"})
     base = load_config(None, over)
-    fixed = load_config(None, [*over, "model.fixed_norm_eps=true"])
-    assert "fixed_norm_eps" not in base.trajectory()["model"]  # hashes of runs from before the key are kept
-    assert base.trajectory_hash() != fixed.trajectory_hash()
+    derived = load_config(None, [*over, "model.derived_norm_eps=true"])
+    assert "derived_norm_eps" not in base.trajectory()["model"]  # hashes of runs from before the key are kept
+    assert base.trajectory_hash() != derived.trajectory_hash()
     eps = {}
-    for name, cfg in (("derived", base), ("fixed", fixed)):
+    for name, cfg in (("fixed", base), ("derived", derived)):
         module, model = build_model(cfg, 256, tmp_path / name)
         eps[name] = {n: m.eps for n, m in model.named_modules() if isinstance(m, module.RMSNorm)}
     assert set(eps["fixed"].values()) == {model.cfg.norm_eps}
