@@ -362,6 +362,11 @@ TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles 
 }
 
 
+# on/off switches tuned by fwd+bwd time before the launch configs: the state products in PREC_INV (lowp) or
+# tf32, o fused into the state kernel when saving or not
+TUNE_FLAGS = {"state": ("lowp", "fuse_o")}
+
+
 def run_tune(results, only=None):
     """One pass of coordinate search over the launch configs at the first shape (and decode)."""
     from triton.testing import do_bench
@@ -395,20 +400,22 @@ def run_tune(results, only=None):
         log_rows.append({"kernel": "prec_inv", "prec": prec, "ms": ms})
     best_prec = min((r for r in log_rows if r["kernel"] == "prec_inv"), key=lambda r: r["ms"])
     triton_gdn.PREC_INV_LOWP = best_prec["prec"]
-    if "state" in (only or TUNE):  # state products in PREC_INV (lowp) or tf32; o fused when saving or not
-        for flag, values in (("lowp", (True, False)), ("fuse_o", (True, False))):
-            for value in values:
-                triton_gdn.CONFIG["state"][flag] = value
+    for name, flags in TUNE_FLAGS.items():
+        if name not in (only or TUNE):
+            continue
+        for flag in flags:
+            for value in (True, False):
+                triton_gdn.CONFIG[name][flag] = value
                 ms = {
                     m: do_bench(f, warmup=25, rep=100, return_mode="median")
                     for m, f in (("fwd", fwd), ("fwd+bwd", fwdbwd))
                 }
-                log(f"tune state {flag}={value}: fwd {ms['fwd']:.3f} ms, fwd+bwd {ms['fwd+bwd']:.3f} ms")
+                log(f"tune {name} {flag}={value}: fwd {ms['fwd']:.3f} ms, fwd+bwd {ms['fwd+bwd']:.3f} ms")
                 log_rows.append(
-                    {"kernel": f"state_{flag}", flag: value, "ms": ms["fwd+bwd"], "fwd_ms": ms["fwd"]}
+                    {"kernel": f"{name}_{flag}", flag: value, "ms": ms["fwd+bwd"], "fwd_ms": ms["fwd"]}
                 )
-            best = min((r for r in log_rows if r["kernel"] == f"state_{flag}"), key=lambda r: r["ms"])
-            triton_gdn.CONFIG["state"][flag] = best[flag]
+            best = min((r for r in log_rows if r["kernel"] == f"{name}_{flag}"), key=lambda r: r["ms"])
+            triton_gdn.CONFIG[name][flag] = best[flag]
     for name, cands in TUNE.items():
         if only and name not in only:
             continue
@@ -417,7 +424,7 @@ def run_tune(results, only=None):
         f = timer.get(name, fwdbwd)
         best = None
         for bv, nw, ns in cands:
-            extra = {k: v for k, v in triton_gdn.CONFIG[name].items() if k in ("lowp", "fuse_o")}
+            extra = {k: v for k, v in triton_gdn.CONFIG[name].items() if k in triton_gdn.FLAGS}
             triton_gdn.CONFIG[name] = dict(BV=bv, num_warps=nw, num_stages=ns, **extra)
             try:
                 ms = do_bench(f, warmup=25, rep=100, return_mode="median")

@@ -517,7 +517,6 @@ def _bwd_dqk(
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dst = tl.zeros([BT, BT], dtype=tl.float32)
     dgl = 0.0
     for i_v in range(0, tl.cdiv(V, BV)):
         cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
@@ -531,20 +530,17 @@ def _bwd_dqk(
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        b_dst += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
         dgl += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
 
     e_gam = tl.exp(b_gam)
     lower = rows[:, None] >= rows[None, :]
-    upper = rows[:, None] <= rows[None, :]
     b_ds = tl.where(lower, b_ds * scale * tl.exp(tl.where(lower, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
-    b_dst = tl.where(
-        upper, b_dst * scale * tl.exp(tl.where(upper, b_gam[None, :] - b_gam[:, None], 0.0)), 0.0
-    )
+    b_ds = b_ds.to(DT)
     b_qf = b_q.to(tl.float32)
     b_kf = b_k.to(tl.float32)
-    b_dq = b_dq * (scale * e_gam)[:, None] + tl.dot(b_ds.to(DT), b_k.to(DT), input_precision=PREC)
-    b_dko = tl.dot(b_dst.to(DT), b_q.to(DT), input_precision=PREC)
+    b_dq = b_dq * (scale * e_gam)[:, None] + tl.dot(b_ds, b_k.to(DT), input_precision=PREC)
+    # output part of dk: dS^T Q, as (Q^T dS)^T (the transposed product only reaches sums and the store)
+    b_dko = tl.trans(tl.dot(tl.trans(b_q.to(DT)), b_ds, input_precision=PREC))
     b_dks = b_dks * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
     c_s = tl.sum(b_dks * b_kf, 1)
     b_dgam = tl.sum(b_dq * b_qf, 1) - tl.sum(b_dko * b_kf, 1) - c_s
@@ -615,12 +611,13 @@ def _bwd_wy(
     b_dgam = tl.load(dgam_part + tok * H + i_h, mask=m_t, other=0.0)
     b_dw = tl.load(dw + tk_off, mask=m_tk, other=0.0)
     # W = T diag(beta e^gam) K:  d(kbe) = T^T dW,  dT += dW kbe^T
-    b_kbe = b_kf * (b_beta * e_gam)[:, None]
+    b_be = b_beta * e_gam
     b_dkbe = tl.dot(b_TT, b_dw, input_precision=PREC)
-    b_dk += b_dkbe * (b_beta * e_gam)[:, None]
-    b_dbeta += tl.sum(b_dkbe * b_kf, 1) * e_gam
-    b_dgam += tl.sum(b_dkbe * b_kbe, 1)
-    b_dT += tl.dot(b_dw, tl.trans(b_kbe.to(DT)), input_precision=PREC)
+    b_dk += b_dkbe * b_be[:, None]
+    r_kbe = tl.sum(b_dkbe * b_kf, 1)  # k_i.d(kbe)_i: dbeta gets it times e^gam, dgam times beta e^gam
+    b_dbeta += r_kbe * e_gam
+    b_dgam += r_kbe * b_be
+    b_dT += tl.dot(b_dw, tl.trans((b_kf * b_be[:, None]).to(DT)), input_precision=PREC)
     # dA = -T^T dT T^T on the strictly lower part
     strict = rows[:, None] > rows[None, :]
     b_dA = tl.dot(b_TT, b_dT.to(DT), input_precision=PREC)
@@ -731,10 +728,13 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
 FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_du_local": 64, "bwd_state": 64}
 
 
+FLAGS = ("lowp", "fuse_o")  # CONFIG entries that are not launch parameters
+
+
 def _cfg(name, V):
     c = dict(CONFIG[name])
-    c.pop("lowp", None)
-    c.pop("fuse_o", None)
+    for flag in FLAGS:
+        c.pop(flag, None)
     bv = c.pop("BV")
     return FIXED_BV.get(name, min(bv, _next_pow2(V))), c
 

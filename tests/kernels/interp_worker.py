@@ -23,6 +23,7 @@ CASES = {
     "bf16_odd_dims_l2norm": (2, 70, 2, 24, 40, "bfloat16", "normal", {"l2norm": True, "scale": 0.3}),
     "bf16_no_h0": (1, 64, 2, 32, 32, "bfloat16", "normal", {"h0": False}),
     "bf16_k16": (2, 80, 2, 16, 32, "bfloat16", "normal", {}),
+    "bf16_k128": (1, 70, 1, 128, 32, "bfloat16", "normal", {}),  # the benchmark's key dim
     "bf16_segments": (1, 300, 2, 32, 32, "bfloat16", "normal", {"segment": 1}),
     "bf16_segments_varlen": (
         1,
