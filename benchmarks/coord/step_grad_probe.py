@@ -67,7 +67,8 @@ def main():
     def geo(values):
         return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
 
-    print(f"norm eps: {'derived' if config else 'one eps'}; widths {widths}, {args.seeds} seeds (geometric means)")
+    eps = "derived" if config else "one eps"
+    print(f"norm eps: {eps}; widths {widths}, {args.seeds} seeds (geometric means)")
     for t in range(args.steps + 1):
         print(f"gradient at step {t} (after {t} updates)")
         for n in NODES:
@@ -79,7 +80,8 @@ def main():
         do = [geo([f[t][1] for _, f in runs[w]]) for w in widths] if t else None
         line = f"  rms(o_t) slope {coord.slope(widths, o):+.2f}: " + " ".join(f"{v:.3g}" for v in o)
         if do:
-            line += f"; rms(o_t - o_0) slope {coord.slope(widths, do):+.2f}: " + " ".join(f"{v:.3g}" for v in do)
+            sizes = " ".join(f"{v:.3g}" for v in do)
+            line += f"; rms(o_t - o_0) slope {coord.slope(widths, do):+.2f}: {sizes}"
         print(line, flush=True)
 
 
