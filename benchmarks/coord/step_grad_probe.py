@@ -24,7 +24,7 @@ from probe_setup import probe_module, seeded
 NODES = ("l0_v_act", "l0_k_l2", "l0_q_l2", "l0_o", "l0_o_norm", "l0_gated")
 
 
-def run(module, width, seed, steps, config):
+def run(module, width, seed, steps, config, skip=0):
     model, x, y = seeded(module, width, seed, **config)
     lr = coord.DEFAULT_LR["sgd"]
     opt = make_optimizer("sgd", model.param_groups(lr, weight_decay=0.0), lr)
@@ -42,7 +42,8 @@ def run(module, width, seed, steps, config):
         kept.clear()
         _, loss = model(x, y)
         loss.backward()
-        grads.append({n: v.grad.pow(2).mean().sqrt().item() for n, v in kept.items() if v.grad is not None})
+        grads.append({n: v.grad[:, skip:].pow(2).mean().sqrt().item() for n, v in kept.items()
+                      if v.grad is not None})
         o = kept["l0_o"].detach()
         o0 = o.clone() if t == 0 else o0
         fwd.append((o.pow(2).mean().sqrt().item(), (o - o0).pow(2).mean().sqrt().item()))
@@ -57,18 +58,20 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--derived-norm-eps", action="store_true")
+    ap.add_argument("--skip", type=int, default=0, help="leave the first SKIP positions out of the gradient rms")
     args = ap.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     config = {"derived_norm_eps": True} if args.derived_norm_eps else {}
     module = probe_module("step_grad_probe")
     engine = derive(load("gdn", {"layers": "2", "vocab": "256", "tied": "true"}), "sgd").engine
-    runs = {w: [run(module, w, s, args.steps, config) for s in range(args.seeds)] for w in widths}
+    runs = {w: [run(module, w, s, args.steps, config, args.skip) for s in range(args.seeds)] for w in widths}
 
     def geo(values):
         return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
 
     eps = "derived" if config else "one eps"
-    print(f"norm eps: {eps}; widths {widths}, {args.seeds} seeds (geometric means)")
+    skip = f", gradients over positions >= {args.skip}" if args.skip else ""
+    print(f"norm eps: {eps}; widths {widths}, {args.seeds} seeds (geometric means){skip}")
     for t in range(args.steps + 1):
         print(f"gradient at step {t} (after {t} updates)")
         for n in NODES:
