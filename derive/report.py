@@ -180,8 +180,8 @@ def _tail(d: Derivation) -> list[str]:
         out += ["", "forward multipliers: " + ", ".join(f"{s} = {power(v)}" for s, v in d.slots.items())]
     scaled = norm_eps_groups(d)
     if scaled:
-        out += ["", "norm eps, opt-in (derived_norm_eps; eps * scale keeps its share of the input's mean square "
-                "at init): "
+        out += ["", "norm eps, opt-in (derived_norm_eps; eps * scale keeps its share of the input's mean "
+                "square at init): "
                 + ", ".join(f"{k} * {power(v)}" for k, v in scaled)]
     if d.violations:
         out += ["", f"desiderata that fail ({len(d.violations)}; exponent of n by which each is off):"]

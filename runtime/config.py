@@ -27,8 +27,8 @@ class ModelConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd | sgd-nesterov (the rules are derived for it)
     module: str | None = None  # an already generated model file: used instead of rendering spec
     multipliers: dict = field(default_factory=dict)  # base-width constants, e.g. {readout: 4.0}
-    # every norm's eps is the same at every width unless this turns on the derived rule (the generated NORM_EPS;
-    # it trains worse: benchmarks/lr_transfer/results.md, "the derived norm eps")
+    # every norm's eps is the same at every width unless this turns on the derived rule (the generated
+    # NORM_EPS; it trains worse: benchmarks/lr_transfer/results.md, "the derived norm eps")
     derived_norm_eps: bool = False
 
 

@@ -21,7 +21,7 @@ from mudelta.graphs.presets import PRESETS, load, options
 from mudelta.kernels import chunk_gated_delta_rule_torch
 
 from .data import byte_batch
-from .models import make_optimizer, model_class
+from .models import make_optimizer, model_class, norm_eps_switch
 
 TOLERANCE = 0.2  # |measured slope - predicted exponent| allowed, fixed before looking at any result
 DEFAULT_LR = {"sgd": 0.1, "sgd-nesterov": 0.05, "adam": 1e-2, "adamw": 1e-2}
@@ -146,7 +146,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     config = {"derived_norm_eps": True} if derived_norm_eps else None
-    if config and not hasattr(module.Config, "eps_of"):
+    if config and not norm_eps_switch(module):
         raise ValueError(f"{graph.name}: --derived-norm-eps, but the model has no norm eps rule")
     finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
               if node.dims and not graph.width_dims(node.dims)}
@@ -178,8 +178,8 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
             "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps,
-            "tolerance": TOLERANCE, "device": str(device), "dtype": dtype, "derived_norm_eps": derived_norm_eps,
-            "nodes": nodes}
+            "tolerance": TOLERANCE, "device": str(device), "dtype": dtype,
+            "derived_norm_eps": derived_norm_eps, "nodes": nodes}
 
 
 def to_json(result: dict) -> dict:
@@ -193,7 +193,9 @@ def table(result: dict, failures_only: bool = False) -> str:
     ok = sum(n.passed for n in nodes)
     head = (f"coord check: {result['spec']}, {result['parametrization']} under {result['optimizer']} "
             f"(lr {result['lr']}), widths {result['widths']} (base {result['base_width']}), batch "
-            f"{result['batch']} x {result['seq']}, {result['dtype']} on {result['device']}; step 0 = size at init, step t = change after t "
+            f"{result['batch']} x {result['seq']}, {result['dtype']} on {result['device']}"
+            f"{', derived norm eps' if result.get('derived_norm_eps') else ''}; step 0 = size at init, "
+            "step t = change after t "
             f"steps; slope of log rms vs log width, tolerance {result['tolerance']}")
     rows = [f"{'node':28s} {'step':>4s} {'predicted':>9s} {'measured':>9s}  result"]
     for n in nodes:

@@ -138,7 +138,8 @@ def _rules(section: Rules) -> list[str]:
         scaled = report.norm_eps_groups(d)
         if scaled:
             out += ["Norm eps, opt-in (`derived_norm_eps`; eps times this scale keeps its share of the norm "
-                    "input's mean square at init): " + ", ".join(f"`{k}` `{power(v)}`" for k, v in scaled), ""]
+                    "input's mean square at init): "
+                    + ", ".join(f"`{k}` `{power(v)}`" for k, v in scaled), ""]
         out += _assumptions(d)
         if d.violations:
             out += ["Desiderata that fail:", ""] + _failures(d)

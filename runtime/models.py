@@ -3,6 +3,7 @@ the optimizer over its derived param groups, count its FLOPs."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -25,6 +26,20 @@ def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0
     if name == "sgd-nesterov":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def norm_eps_switch(module) -> bool:
+    """Whether a generated module takes the derived norm eps as a switch (Config.derived_norm_eps, off by
+    default). A module generated while the rule applied to every model (it scales a norm's eps but has no
+    switch) is refused: it would ignore a config that leaves the rule off."""
+    if "derived_norm_eps" in {f.name for f in dataclasses.fields(module.Config)}:
+        return True
+    if any(getattr(module, "NORM_EPS", {}).values()):
+        raise ValueError(
+            f"{module.__file__}: generated when every model took the derived norm eps (NORM_EPS without "
+            "Config.derived_norm_eps); generate it again"
+        )
+    return False
 
 
 def model_class(module):

@@ -4,7 +4,6 @@ for the CLI and for sweeps."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import torch.distributed as dist
 from . import checkpoint
 from .config import Config
 from .data import Batches, TokenData, val_batches
-from .models import flops_per_token, make_optimizer, model_class, render
+from .models import flops_per_token, make_optimizer, model_class, norm_eps_switch, render
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
@@ -142,9 +141,9 @@ def build_model(cfg: Config, vocab: int | None, workdir: Path):
         raise ValueError(
             f"model.module {path} was generated for base width {base}, the config says {m.base_width}"
         )
+    if not norm_eps_switch(module) and m.derived_norm_eps:
+        raise ValueError(f"model {path}: model.derived_norm_eps is set, but the model has no norm eps rule")
     kw = {"derived_norm_eps": True} if m.derived_norm_eps else {}
-    if kw and "derived_norm_eps" not in {f.name for f in dataclasses.fields(module.Config)}:
-        raise ValueError(f"model {path}: model.derived_norm_eps is set, but the model has no derived norm eps")
     factors = {k: float(v) for k, v in m.multipliers.items()}
     model = cls(module.Config(width=m.width, multipliers=factors, **kw))
     if vocab is not None and model.cfg.vocab < vocab:

@@ -1,16 +1,19 @@
 """The training loop: bit-exact resume, refused checkpoints, divergence named by step and param group,
 the schedule."""
 
+import dataclasses
 import json
 import math
 import shutil
 import sys
+import types
 
 import pytest
 from conftest import tiny_overrides
 from mudelta.runtime.checkpoint import CheckpointError
 from mudelta.runtime.cli import main
 from mudelta.runtime.config import ConfigError, load_config
+from mudelta.runtime.models import norm_eps_switch
 from mudelta.runtime.train import build_model, lr_factor, run
 
 
@@ -149,7 +152,8 @@ def test_lr_multipliers_per_parameter_kind(byte_data, tmp_path):
 def test_derived_norm_eps_is_opt_in(byte_data, tmp_path):
     """By default every norm's eps is the same at every width; model.derived_norm_eps turns on the derived
     rule, under which the head-dim GDN's output norm (its input n^-1/2 at init) takes eps * n^-1."""
-    over = tiny_overrides(byte_data, tmp_path, **{"model.spec": "gdn", "model.width": "64", "model.base_width": "32"})
+    sizes = {"model.spec": "gdn", "model.width": "64", "model.base_width": "32"}
+    over = tiny_overrides(byte_data, tmp_path, **sizes)
     base = load_config(None, over)
     derived = load_config(None, [*over, "model.derived_norm_eps=true"])
     assert "derived_norm_eps" not in base.trajectory()["model"]  # hashes of runs from before the key are kept
@@ -162,6 +166,11 @@ def test_derived_norm_eps_is_opt_in(byte_data, tmp_path):
     scaled = {n for n, e in eps["derived"].items() if e != model.cfg.norm_eps}
     assert scaled and all(n.endswith("o_norm") for n in scaled)
     assert all(eps["derived"][n] == pytest.approx(model.cfg.norm_eps / 2) for n in scaled)
+    # a module generated while every model took the rule (NORM_EPS, no switch) is refused, not run with it
+    old = types.ModuleType("old_model")
+    old.Config, old.NORM_EPS, old.__file__ = dataclasses.make_dataclass("Config", ["width"]), {"o": -1}, "m.py"
+    with pytest.raises(ValueError, match="m.py: generated when every model took the derived norm eps"):
+        norm_eps_switch(old)
 
 
 def test_render_takes_a_parametrization_file_by_content(tmp_path):
