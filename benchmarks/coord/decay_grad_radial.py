@@ -1,13 +1,14 @@
 """The radial part of GDN's decay gradient at init: through the norm of each head's gated output (method.md).
 
-    python benchmarks/coord/decay_grad_radial.py --widths 512,2048 [--norm-eps 1e-6]
+    python benchmarks/coord/decay_grad_radial.py --widths 512,2048 [--norm-eps 1e-6] [--derived-norm-eps]
 
 The probe's model (muP for SGD at base 64, 2 layers, tied, float64, the coord check's batch of 1 x 32 bytes),
 8 seeds. For layer 0, with u the gated output (o_proj's input) of a token and head: the radial cotangent
 rho = <dL/du, u/|u|> and the coefficient <dL/du, u>/<u, u>; the change of |u| and of |o_norm(o)| per unit of
 dt_bias (finite difference, every head at once); and the dt_bias gradient's radial part, the sum over tokens
 of rho d|u|/d dt_bias, next to the whole gradient (mean and rms over seeds and heads). --norm-eps sets
-Config.norm_eps (the o_norm eps is norm_eps * (width/64)^e with the derived e).
+Config.norm_eps, every norm's eps unless --derived-norm-eps (then the o_norm eps is norm_eps * (width/64)^e
+with the derived e, the default when decay_grad_radial.txt was written).
 """
 
 import argparse
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("--widths", default="512,2048")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--norm-eps", type=float, default=1e-6)
+    ap.add_argument("--derived-norm-eps", action="store_true")
     args = ap.parse_args()
     module = probe_module("decay_grad_radial")
     outputs, seen = [], []
@@ -39,7 +41,7 @@ def main():
     for w in (int(x) for x in args.widths.split(",")):
         rows = {k: [] for k in ("rho", "coef", "du", "do", "radial", "grad")}
         for seed in range(args.seeds):
-            model, x, y = seeded(module, w, seed, norm_eps=args.norm_eps)
+            model, x, y = seeded(module, w, seed, norm_eps=args.norm_eps, derived_norm_eps=args.derived_norm_eps)
             att = model.layers[0].attn
             hook = att.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
             outputs.clear()

@@ -24,11 +24,11 @@ from probe_setup import probe_module, seeded
 NODES = ("l0_v_act", "l0_k_l2", "l0_q_l2", "l0_o", "l0_o_norm", "l0_gated")
 
 
-def run(module, width, seed, steps, config, skip=0):
+def run(module, width, seed, steps, config, skip=0, lr=None):
     model, x, y = seeded(module, width, seed, **config)
-    lr = coord.DEFAULT_LR["sgd"]
+    lr = coord.DEFAULT_LR["sgd"] if lr is None else lr
     opt = make_optimizer("sgd", model.param_groups(lr, weight_decay=0.0), lr)
-    grads, fwd, o0 = [], [], None
+    grads, fwd, rows, o0 = [], [], [], None
     kept = {}
 
     def tap(name, value):
@@ -47,9 +47,12 @@ def run(module, width, seed, steps, config, skip=0):
         o = kept["l0_o"].detach()
         o0 = o.clone() if t == 0 else o0
         fwd.append((o.pow(2).mean().sqrt().item(), (o - o0).pow(2).mean().sqrt().item()))
+        # per position: rms over heads and values of o and of its gradient ([batch, position, head, value])
+        g = kept["l0_o"].grad[0]
+        rows.append((o[0].pow(2).mean((1, 2)).sqrt().tolist(), g.pow(2).mean((1, 2)).sqrt().tolist()))
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return grads, fwd
+    return grads, fwd, rows
 
 
 def main():
@@ -58,34 +61,42 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--derived-norm-eps", action="store_true")
-    ap.add_argument("--skip", type=int, default=0, help="leave the first SKIP positions out of the gradient rms")
+    ap.add_argument("--lr", type=float, default=None, help="SGD lr (default: the coord check's)")
+    ap.add_argument("--positions", action="store_true", help="also print o and g(o) per position (seed 0)")
+    ap.add_argument("--skip", type=int, default=0, help="leave the first SKIP positions out of the gradients")
     args = ap.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     config = {"derived_norm_eps": True} if args.derived_norm_eps else {}
     module = probe_module("step_grad_probe")
     engine = derive(load("gdn", {"layers": "2", "vocab": "256", "tied": "true"}), "sgd").engine
-    runs = {w: [run(module, w, s, args.steps, config, args.skip) for s in range(args.seeds)] for w in widths}
+    runs = {w: [run(module, w, s, args.steps, config, args.skip, args.lr) for s in range(args.seeds)]
+            for w in widths}
 
     def geo(values):
         return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
 
     eps = "derived" if config else "one eps"
     skip = f", gradients over positions >= {args.skip}" if args.skip else ""
+    skip += f", lr {args.lr}" if args.lr is not None else ""
     print(f"norm eps: {eps}; widths {widths}, {args.seeds} seeds (geometric means){skip}")
     for t in range(args.steps + 1):
         print(f"gradient at step {t} (after {t} updates)")
         for n in NODES:
-            rms = [geo([g[t][n] for g, _ in runs[w]]) for w in widths]
+            rms = [geo([g[t][n] for g, _, _ in runs[w]]) for w in widths]
             pred = engine.grad[n] if t == 0 else engine.grad1[n]
             sizes = " ".join(f"{r:.3g}" for r in rms)
             print(f"  {n:10s} slope {coord.slope(widths, rms):+.2f} (engine {float(pred):+.2f})  rms {sizes}")
-        o = [geo([f[t][0] for _, f in runs[w]]) for w in widths]
-        do = [geo([f[t][1] for _, f in runs[w]]) for w in widths] if t else None
+        o = [geo([f[t][0] for _, f, _ in runs[w]]) for w in widths]
+        do = [geo([f[t][1] for _, f, _ in runs[w]]) for w in widths] if t else None
         line = f"  rms(o_t) slope {coord.slope(widths, o):+.2f}: " + " ".join(f"{v:.3g}" for v in o)
         if do:
             sizes = " ".join(f"{v:.3g}" for v in do)
             line += f"; rms(o_t - o_0) slope {coord.slope(widths, do):+.2f}: {sizes}"
         print(line, flush=True)
+        for w in widths if args.positions else ():
+            o_rows, g_rows = runs[w][0][2][t]
+            print(f"    width {w} seed 0, per position: o " + " ".join(f"{v:.1e}" for v in o_rows))
+            print(f"    width {w} seed 0, per position: g(o) " + " ".join(f"{v:.1e}" for v in g_rows))
 
 
 if __name__ == "__main__":
