@@ -41,7 +41,8 @@ def main():
     for w in (int(x) for x in args.widths.split(",")):
         rows = {k: [] for k in ("rho", "coef", "du", "do", "radial", "grad")}
         for seed in range(args.seeds):
-            model, x, y = seeded(module, w, seed, norm_eps=args.norm_eps, derived_norm_eps=args.derived_norm_eps)
+            eps = dict(norm_eps=args.norm_eps, derived_norm_eps=args.derived_norm_eps)
+            model, x, y = seeded(module, w, seed, **eps)
             att = model.layers[0].attn
             hook = att.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
             outputs.clear()
