@@ -5,7 +5,9 @@ Trains the CPU analog (trace.setup) and after every step records, on one fixed v
 each tapped node of layers 0 and 1 that NODES names: max|x| / rms(x) over the whole tensor (Gaussian-like
 coordinates of a few hundred thousand entries give ~5; a vector normalised over d entries is capped at
 sqrt(d)), rms(x), and the top channel's share of the energy: max over the last dim c of sum x[..., c]^2 over
-sum x^2 (1/d for channels of equal size), and that channel's index. One JSON line per width to --out.
+sum x^2 (1/d for channels of equal size), and that channel's index. Also, at every step's gradient, each
+layer's v_proj and g_proj rows: the top row's share of the gradient's energy (times the row count) and its
+index, and the o_norm gain's largest |gain - 1| and its index. One JSON line per width to --out.
 
     python benchmarks/lr_transfer/sgd_trace/outliers.py --lr 0.025 --widths 64,512 --steps 24 -o out.jsonl
 """
@@ -53,15 +55,28 @@ def run(args, width: int) -> dict:
         x, y = batches(step)
         _, loss = model(x, y)
         loss.backward()
+        rows = {}
+        for i, block in enumerate(model.layers):
+            for name in ("v_proj", "g_proj"):
+                proj = getattr(block.attn, name, None)
+                if proj is not None:
+                    energy = proj.weight.grad.pow(2).sum(1)
+                    rows[f"l{i}_{name}"] = ((energy.max() / energy.mean()).item(), int(energy.argmax()))
+            gain = block.attn.o_norm.weight.detach()
+            rows[f"l{i}_o_norm_gain"] = ((gain - 1).abs().max().item(), int((gain - 1).abs().argmax()))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out["steps"].append({"step": step + 1, "train_loss": loss.item(), "node": probe()})
+        out["steps"].append({"step": step + 1, "train_loss": loss.item(), "node": probe(), "rows": rows})
         if not math.isfinite(loss.item()):
             break
     return out
 
 
 def report(r: dict) -> None:
+    rows = [s for s in r["steps"] if s["step"] in (1, 5, 10, 15, 20, 25)]
+    print(f"width {r['width']}: gradient rows (top share x rows [index]), o_norm gain max |g - 1| [index]")
+    for n in sorted(rows[0]["rows"]):
+        print(f"  {n:16s} " + " ".join(f"{s['step']}:{s['rows'][n][0]:.1f}[{s['rows'][n][1]}]" for s in rows))
     print(f"width {r['width']} lr {r['lr']} seed {r['seed']}: max|x|/rms(x) / the top channel's energy share "
           "times the channel count (1 = even) [its index], at steps 0, 5, 10, 15, 20, last")
     pick = [s for s in r["steps"] if s["step"] in (0, 5, 10, 15, 20)] + r["steps"][-1:]
