@@ -4,6 +4,7 @@ the optimizer over its derived param groups, count its FLOPs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -49,6 +50,22 @@ def model_class(module):
     raise ValueError("the generated module has no model class")
 
 
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """A hash of the code that writes model files (graphs, derive, codegen with its templates): a file that an
+    earlier version generated is not reused by a later one."""
+    import mudelta.codegen
+    import mudelta.derive
+    import mudelta.graphs
+
+    h = hashlib.sha256()
+    for package in (mudelta.graphs, mudelta.derive, mudelta.codegen):
+        root = Path(package.__file__).parent
+        for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".j2", ".yaml") and p.is_file()):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def render(
     spec: str,
     options: dict | None,
@@ -57,13 +74,15 @@ def render(
     base_width: int,
     directory: str | Path,
 ) -> Path:
-    """Generate the model module for a spec into `directory` (named by a hash of its inputs, so every run and
-    every torchrun rank with the same inputs reuses one file) and return its path."""
+    """Generate the model module for a spec into `directory` (named by a hash of its inputs and of the
+    generator's code, so every run and every torchrun rank with the same inputs reuses one file) and return
+    its path."""
     from mudelta.codegen import generate
     from mudelta.graphs.presets import load
 
     options = {k: str(v) for k, v in (options or {}).items()}
     key = repr((spec, sorted(options.items()), optimizer, parametrization, int(base_width)))
+    key += generator_fingerprint()
     for source in (spec, parametrization):  # a spec or parametrization file: its content, not just its name
         if Path(source).is_file():
             key += hashlib.sha256(Path(source).read_bytes()).hexdigest()

@@ -184,3 +184,12 @@ def test_render_takes_a_parametrization_file_by_content(tmp_path):
     assert first.parent == tmp_path / "models" and "mine" in first.name
     par.write_text(text % 1)  # same path, new exponents: a new module
     assert render("transformer", {"layers": 1}, "adamw", str(par), 32, tmp_path / "models") != first
+
+
+def test_render_does_not_reuse_a_file_another_version_wrote(tmp_path, monkeypatch):
+    from mudelta.runtime import models
+
+    first = models.render("transformer", {"layers": 1}, "adamw", "mup", 32, tmp_path)
+    assert models.render("transformer", {"layers": 1}, "adamw", "mup", 32, tmp_path) == first
+    monkeypatch.setattr(models, "generator_fingerprint", lambda: "another version")
+    assert models.render("transformer", {"layers": 1}, "adamw", "mup", 32, tmp_path) != first
