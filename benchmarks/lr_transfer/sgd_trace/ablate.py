@@ -106,6 +106,7 @@ def run(args, width: int) -> dict:
         + (["detach_final_rms"] if args.detach_final_rms else [])
         + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else [])
         + (["qkv_act=none"] if args.qkv_act == "none" else []),
+        "set": args.set,
         "frozen": len(frozen),
         "diverged_at": diverged,
         "final_train_loss": None if diverged else sum(tail) / len(tail),

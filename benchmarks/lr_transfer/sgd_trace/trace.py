@@ -52,12 +52,13 @@ def setup(args, width: int):
         "train.momentum=0.9",
         f"train.seed={args.seed}",
         *(f"model.options.{kv}" for kv in args.option),
+        *args.set,
     ]
     cfg = load_config("benchmarks/lr_transfer/config.yaml", over)
     data = TokenData(cfg.data.path)
     torch.manual_seed(cfg.train.seed)
     module, model = build_model(cfg, data.vocab_size, Path(tempfile.gettempdir()) / "sgd_trace_models")
-    groups = model.param_groups(cfg.train.lr, weight_decay=0.0)
+    groups = model.param_groups(cfg.train.lr, weight_decay=0.0, lr_multipliers=cfg.train.lr_multipliers)
     for g in groups:
         g["base_lr"] = g["lr"]
     opt = make_optimizer("sgd-nesterov", groups, cfg.train.lr, momentum=cfg.train.momentum)
@@ -136,6 +137,7 @@ def add_trial_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="data/stdlib-bpe8k")
     ap.add_argument("--option", action="append", default=[], help="a model option, e.g. gate=false (repeatable)")
+    ap.add_argument("--set", action="append", default=[], help="a config override (KEY=VALUE, repeatable)")
 
 
 def per_width(args, run, report=None) -> None:
