@@ -93,6 +93,12 @@ def measure(module, width: int, steps: int, optimizer: str, lr: float, seed: int
     return out
 
 
+def geomean(values) -> float:
+    """Geometric mean (a zero counts as 1e-300: the log-log fits stay finite)."""
+    values = list(values)
+    return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
+
+
 def slope(widths, values) -> float:
     xs = [math.log(w) for w in widths]
     ys = [math.log(max(v, 1e-300)) for v in values]
@@ -173,8 +179,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
             pred = d.engine.X(name) if t == 0 else d.engine.D1(name)
             if pred is NEG_INF:
                 continue
-            rms = [math.exp(sum(math.log(max(runs[w, s][name][t], 1e-300)) for s in range(seeds)) / seeds)
-                   for w in widths]
+            rms = [geomean(runs[w, s][name][t] for s in range(seeds)) for w in widths]
             nodes.append(NodeCheck(name, t, float(pred), slope(widths, rms), rms))
     return {"spec": spec, "optimizer": optimizer, "parametrization": parametrization, "widths": widths,
             "base_width": base_width, "batch": batch, "seq": seq, "lr": lr, "steps": steps,

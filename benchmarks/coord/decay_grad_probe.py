@@ -16,11 +16,11 @@ constant in the backward (the forward is unchanged).
 """
 
 import argparse
-import math
 
 import torch
 import torch.nn.functional as F
 from mudelta.kernels import chunk_gated_delta_rule_torch
+from mudelta.runtime.coord import geomean
 from probe_setup import probe_module, seeded
 
 
@@ -97,7 +97,7 @@ def main():
                         )
                     ]
                 )
-        geo = [math.exp(sum(math.log(r[i]) for r in rows) / len(rows)) for i in range(5)]
+        geo = [geomean(r[i] for r in rows) for i in range(5)]
         print(
             f"width {w:5d}: dL/dg rms {geo[0]:.3g}, |mean over tokens| {geo[1]:.3g}; own-token part rms "
             f"{geo[2]:.3g}, |mean| {geo[3]:.3g}; dt_bias grad rms {geo[4]:.3g}",

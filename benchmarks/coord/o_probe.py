@@ -98,7 +98,7 @@ torch.set_num_threads(a.threads)
 from mudelta.codegen import generate, load_module  # noqa: E402
 from mudelta.graphs.presets import load  # noqa: E402
 from mudelta.kernels.reference import chunk_gated_delta_rule_torch  # noqa: E402
-from mudelta.runtime.coord import DEFAULT_LR, _size  # noqa: E402
+from mudelta.runtime.coord import DEFAULT_LR, _size, geomean  # noqa: E402
 from mudelta.runtime.data import byte_batch  # noqa: E402
 from mudelta.runtime.models import make_optimizer  # noqa: E402
 
@@ -268,7 +268,7 @@ for opt_name in a.optimizers.split(","):
                     r[f"{tag} signal"] = math.sqrt(max(sig2, 0.0))
                     r[f"{tag} noise"] = var[tri].mean().sqrt().item()
             else:
-                r[f"{tag} geo"] = math.exp(sum(math.log(max(v, 1e-300)) for v in vals) / len(vals))
+                r[f"{tag} geo"] = geomean(vals)
                 if name.endswith(("_b", "_beta", "_o", "_o|qk", "_o|v", "_b|dW", "_b|dx")) and t > 0:
                     r[f"{tag} pooled"] = math.sqrt(sum(v * v for v in vals) / len(vals))
         results.setdefault(opt_name, {})[w] = r

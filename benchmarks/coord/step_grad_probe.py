@@ -12,7 +12,6 @@ and the forward sizes rms(o_t) and rms(o_t - o_0) that decide which one applies.
 """
 
 import argparse
-import math
 
 import torch
 from mudelta.derive.api import derive
@@ -72,9 +71,6 @@ def main():
     runs = {w: [run(module, w, s, args.steps, config, args.skip, args.lr) for s in range(args.seeds)]
             for w in widths}
 
-    def geo(values):
-        return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
-
     eps = "derived" if config else "one eps"
     skip = f", gradients over positions >= {args.skip}" if args.skip else ""
     skip += f", lr {args.lr}" if args.lr is not None else ""
@@ -82,12 +78,12 @@ def main():
     for t in range(args.steps + 1):
         print(f"gradient at step {t} (after {t} updates)")
         for n in NODES:
-            rms = [geo([g[t][n] for g, _, _ in runs[w]]) for w in widths]
+            rms = [coord.geomean([g[t][n] for g, _, _ in runs[w]]) for w in widths]
             pred = engine.grad[n] if t == 0 else engine.grad1[n]
             sizes = " ".join(f"{r:.3g}" for r in rms)
             print(f"  {n:10s} slope {coord.slope(widths, rms):+.2f} (engine {float(pred):+.2f})  rms {sizes}")
-        o = [geo([f[t][0] for _, f, _ in runs[w]]) for w in widths]
-        do = [geo([f[t][1] for _, f, _ in runs[w]]) for w in widths] if t else None
+        o = [coord.geomean([f[t][0] for _, f, _ in runs[w]]) for w in widths]
+        do = [coord.geomean([f[t][1] for _, f, _ in runs[w]]) for w in widths] if t else None
         line = f"  rms(o_t) slope {coord.slope(widths, o):+.2f}: " + " ".join(f"{v:.3g}" for v in o)
         if do:
             sizes = " ".join(f"{v:.3g}" for v in do)
