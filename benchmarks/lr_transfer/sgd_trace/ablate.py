@@ -63,13 +63,7 @@ def run(args, width: int) -> dict:
             return getattr(self, f"{name}_conv1d")(h) if self.cfg.conv else h
 
         module.GatedDeltaNet.branch = branch
-    parts = (
-        FROZEN
-        if args.freeze == "both"
-        else {}
-        if args.freeze == "none"
-        else {args.freeze: FROZEN[args.freeze]}
-    )
+    parts = {k: v for k, v in FROZEN.items() if args.freeze in (k, "both")}
     if args.detach_final_rms:
         norm = model.norm
 
