@@ -177,6 +177,7 @@ def _row(trial: Trial, result: dict | None, error: str | None = None) -> dict:
         "optimizer": trial.optimizer,
         "base_width": trial.config.model.base_width,
         "spec": trial.config.model.spec,
+        "seed": trial.config.train.seed,
         "status": status,
         "tokens": result.get("tokens"),
         "final_val_loss": result.get("final_val_loss"),
