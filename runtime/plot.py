@@ -1,6 +1,7 @@
 """Sweep results: validation loss vs learning rate per width, the optimal LR per width, its drift in grid
 steps, and the transfer gap (the largest width trained at the LR tuned at the smallest width, against the
-best loss found at the largest width)."""
+best loss found at the largest width). A cell run with several seeds counts with its mean loss over them,
+and as diverged if any seed diverged."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def read_many(paths: list[str | Path]) -> list[dict]:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """The rows of a results file; for a trial recorded more than once, the last row."""
+    """The rows of a results file; for a trial recorded more than once, the last row (a row without a seed is
+    seed 0, the default)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
@@ -37,7 +39,7 @@ def read_results(path: str | Path) -> list[dict]:
         missing = {"width", "lr", "parametrization", "optimizer"} - set(row)
         if missing:
             raise ValueError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
-        rows[row["parametrization"], row["optimizer"], row["width"], row["lr"]] = row
+        rows[row["parametrization"], row["optimizer"], row["width"], row["lr"], row.get("seed", 0)] = row
     return list(rows.values())
 
 
@@ -46,6 +48,22 @@ def _loss(row: dict, metric: str) -> float | None:
     if row.get("diverged") or row.get("status") == "error" or v is None or not math.isfinite(v):
         return None
     return float(v)
+
+
+def cells(rows: list[dict], metric: str) -> dict[tuple, dict]:
+    """(width, lr) -> the cell over its seeds: `loss` the mean (None if any seed diverged or none finished),
+    `losses` each finished seed's, `diverged` any seed diverged, `seeds` how many rows."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        c = out.setdefault((r["width"], r["lr"]), {"losses": [], "diverged": False, "seeds": 0})
+        c["seeds"] += 1
+        c["diverged"] |= bool(r.get("diverged"))
+        if (loss := _loss(r, metric)) is not None:
+            c["losses"].append(loss)
+    for c in out.values():
+        ok = c["losses"] and not c["diverged"] and len(c["losses"]) == c["seeds"]
+        c["loss"] = sum(c["losses"]) / len(c["losses"]) if ok else None
+    return out
 
 
 def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
@@ -61,14 +79,10 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
         ]
         lrs = sorted({r["lr"] for r in mine})
         widths = sorted({r["width"] for r in mine})
-        table = {(r["width"], r["lr"]): r for r in mine}
+        table = cells(mine, metric)
         best = {}
         for w in widths:
-            scored = [
-                (loss, lr)
-                for lr in lrs
-                if (w, lr) in table and (loss := _loss(table[w, lr], metric)) is not None
-            ]
+            scored = [(c["loss"], lr) for lr in lrs if (c := table.get((w, lr))) and c["loss"] is not None]
             if scored:
                 loss, lr = min(scored)
                 i = lrs.index(lr)
@@ -77,7 +91,7 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
                     "loss": loss,
                     "index": i,
                     "edge": i in (0, len(lrs) - 1),
-                    "diverged": sum(1 for lr in lrs if (w, lr) in table and table[w, lr].get("diverged")),
+                    "diverged": sum(1 for lr in lrs if (w, lr) in table and table[w, lr]["diverged"]),
                 }
             else:
                 best[w] = {"lr": None, "loss": None, "index": None, "edge": False, "diverged": len(lrs)}
@@ -86,6 +100,8 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
             "parametrization": par,
             "optimizer": opt,
             "metric": metric,
+            "seeds": max(c["seeds"] for c in table.values()) if table else 0,
+            "seeds_min": min(c["seeds"] for c in table.values()) if table else 0,
             "lrs": lrs,
             "widths": widths,
             "best": best,
@@ -100,15 +116,15 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
                 if best[w]["index"] is not None:
                     entry["shift"][w] = best[w]["index"] - best[small]["index"]
         if len(widths) > 1 and best[small]["lr"] is not None and best[large]["loss"] is not None:
-            row = table.get((large, best[small]["lr"]))
-            loss = _loss(row, metric) if row else None
+            cell = table.get((large, best[small]["lr"]))
+            loss = cell["loss"] if cell else None
             entry["transfer"] = {
                 "lr": best[small]["lr"],
                 "width": large,
                 "loss": loss,
                 "best": best[large]["loss"],
                 "best_lr": best[large]["lr"],
-                "diverged": bool(row and row.get("diverged")),
+                "diverged": bool(cell and cell["diverged"]),
                 "gap_pct": None if loss is None else 100 * (loss / best[large]["loss"] - 1),
             }
         out.append(entry)
@@ -123,7 +139,9 @@ def text(summary: list[dict]) -> str:
     lines = []
     for e in summary:
         grid = ", ".join(f"{x:.3g}" for x in e["lrs"])
-        lines.append(f"{e['parametrization']} / {e['optimizer']} ({e['metric']}; LR grid {grid})")
+        seeds = f"{e['seeds_min']}-{e['seeds']}" if e["seeds_min"] < e["seeds"] else e["seeds"]
+        seeds = f"; mean over {seeds} seeds per cell" if e["seeds"] > 1 else ""
+        lines.append(f"{e['parametrization']} / {e['optimizer']} ({e['metric']}{seeds}; LR grid {grid})")
         for w in e["widths"]:
             b = e["best"][w]
             shift = e["shift"].get(w)
@@ -184,8 +202,9 @@ def markdown(summary: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> None:
-    """One panel per (parametrization, optimizer): loss vs log2 LR, one line per width (darker = wider), the
-    optimum of each width circled, diverged trials as x at the top of the panel."""
+    """One panel per (parametrization, optimizer): loss vs log2 LR, one line per width (darker = wider; the
+    mean over seeds, each seed a small dot), the optimum of each width circled, diverged trials as x at the
+    top of the panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,14 +228,18 @@ def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> 
         ]
         finite = [_loss(r, metric) for r in mine if _loss(r, metric) is not None]
         top = max(finite) if finite else 1.0
+        table = cells([r for r in mine if r.get("status") != "error"], metric)
         for w in e["widths"]:
             pts = sorted(
-                (r["lr"], _loss(r, metric)) for r in mine if r["width"] == w and _loss(r, metric) is not None
+                (lr, c["loss"]) for (cw, lr), c in table.items() if cw == w and c["loss"] is not None
             )
             if pts:
                 ax.plot(
                     [p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=colour[w], label=f"width {w}"
                 )
+            if e["seeds"] > 1:
+                each = [(lr, x) for (cw, lr), c in table.items() if cw == w for x in c["losses"]]
+                ax.plot([p[0] for p in each], [p[1] for p in each], ".", ms=2, color=colour[w], alpha=0.5)
             b = e["best"][w]
             if b["lr"] is not None:
                 ax.plot([b["lr"]], [b["loss"]], "o", ms=9, mfc="none", mec=colour[w])

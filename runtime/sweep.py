@@ -1,5 +1,5 @@
-"""Learning-rate sweeps: a grid of widths x learning rates x parametrizations x optimizers over one base
-training config, trials run in parallel (one subprocess per GPU slot, or CPU workers), one JSON line per
+"""Learning-rate sweeps: a grid of widths x learning rates x parametrizations x optimizers (x seeds) over one
+base training config, trials run in parallel (one subprocess per GPU slot, or CPU workers), one JSON line per
 finished trial appended to the results file. Re-running skips finished trials; --shard i/N runs every N-th."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from .config import Config, ConfigError, apply_overrides, from_dict, load_config
 
-GRID_KEYS = ("widths", "lrs", "parametrizations", "optimizers")
+GRID_KEYS = ("widths", "lrs", "parametrizations", "optimizers", "seeds")
 
 # `--preset tiny`: a CPU sweep that finishes in a few minutes on two cores (run in CI)
 TINY = {
@@ -54,7 +54,9 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"{self.parametrization}_{self.optimizer}_w{self.width}_lr{self.lr:.4g}"
+        seed = self.config.train.seed  # seed 0 keeps the name trials had before sweeps took seeds
+        name = f"{self.parametrization}_{self.optimizer}_w{self.width}_lr{self.lr:.4g}"
+        return name + (f"_s{seed}" if seed else "")
 
     @property
     def key(self) -> str:
@@ -84,7 +86,7 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
         grid = (raw or {}).get("sweep")
         if not isinstance(grid, dict):
             raise ConfigError(
-                f"config {path}: no `sweep:` section (widths, lrs, parametrizations, optimizers)"
+                f"config {path}: no `sweep:` section (widths, lrs, parametrizations, optimizers, seeds)"
             )
         base = load_config(path, overrides)
     for item in grid_sets:
@@ -103,6 +105,9 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
     grid.setdefault("parametrizations", [base.model.parametrization])
     grid.setdefault("optimizers", [base.model.optimizer])
     grid.setdefault("widths", [base.model.width])
+    grid.setdefault("seeds", [base.train.seed])
+    if not isinstance(grid["seeds"], list) or not all(isinstance(x, int) for x in grid["seeds"]):
+        raise ConfigError(f"sweep.seeds: expected a list of integers, got {grid['seeds']!r}")
     if "lrs" not in grid:
         raise ConfigError("sweep: no `lrs` (a list, or a mapping optimizer -> list)")
     lrs = grid["lrs"]
@@ -120,12 +125,13 @@ def trials(base: Config, grid: dict) -> list[Trial]:
         for par in grid["parametrizations"]:
             for width in sorted(grid["widths"], reverse=True):
                 for lr in lrs:
-                    cfg = from_dict(base.to_dict())
-                    cfg.model.width, cfg.model.parametrization, cfg.model.optimizer = int(width), par, opt
-                    cfg.train.lr = float(lr)
-                    trial = Trial(int(width), float(lr), par, opt, cfg)
-                    cfg.out = str(Path(base.out) / "trials" / trial.name)
-                    out.append(trial)
+                    for seed in grid.get("seeds", [base.train.seed]):
+                        cfg = from_dict(base.to_dict())
+                        cfg.model.width, cfg.model.parametrization, cfg.model.optimizer = int(width), par, opt
+                        cfg.train.lr, cfg.train.seed = float(lr), seed
+                        trial = Trial(int(width), float(lr), par, opt, cfg)
+                        cfg.out = str(Path(base.out) / "trials" / trial.name)
+                        out.append(trial)
     return sorted(out, key=lambda t: -t.width)
 
 

@@ -1,13 +1,14 @@
 """Sweeps (grid, skip finished, shards, the tiny preset) and the summary `mudelta plot` prints."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_overrides
 from mudelta.runtime import plot
 from mudelta.runtime.cli import main
-from mudelta.runtime.sweep import load_sweep, run_sweep, shard
+from mudelta.runtime.sweep import load_sweep, run_sweep, shard, trials
 
 
 def sweep_file(byte_data, tmp_path):
@@ -162,6 +163,33 @@ def test_summary_names_widths_where_every_lr_diverged(tmp_path):
     assert e["lost"] == [512] and e["drift_steps"] == 2  # over the widths that trained: 128 and 256
     assert "no lr trained at width 512" in plot.text([e])
     assert "| mup | sgd | 2; no lr trained at width 512 |" in plot.markdown([e])
+    plot.plot(rows, tmp_path / "p.png")
+
+
+def test_seeds_are_a_grid_axis_and_cells_average_them(tmp_path):
+    sets = ["sweep.seeds=[0,1]", "sweep.widths=[32]", "sweep.lrs.adamw=[0.01]"]
+    base, grid = load_sweep(None, "tiny", sets)
+    names = sorted(Path(t.config.out).name for t in trials(base, grid))
+    assert names == [f"{p}_adamw_w32_lr0.01{s}" for p in ("mup", "sp") for s in ("", "_s1")]
+    assert len({t.key for t in trials(base, grid)}) == 4  # the seed is part of the trial's identity
+    with pytest.raises(ValueError, match="sweep.seeds: expected a list of integers"):
+        load_sweep(None, "tiny", ["sweep.seeds=3"])
+    # two seeds: the cell's loss is their mean; one diverged seed makes the cell diverged
+    seed0 = rows_from({128: [3.0, 2.9, 2.8, 2.85, 3.0], 512: [2.8, 2.7, 2.60, 2.64, 2.8]})
+    seed1 = rows_from(
+        {128: [3.0, 2.9, 2.95, 2.85, 3.0], 512: [2.8, 2.7, 2.64, 2.5, 2.8]}, diverged={(512, 1.6e-2)}
+    )
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({**r, "seed": 1}) + "\n" for r in seed1))
+    with path.open("a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in seed0))  # no seed field: seed 0
+    rows = plot.read_results(path)
+    assert len(rows) == 20
+    (e,) = plot.summarize(rows)
+    assert e["seeds"] == 2 and e["best"][128]["lr"] == 8e-3 and e["best"][128]["loss"] == pytest.approx(2.85)
+    assert e["best"][512]["lr"] == 8e-3 and e["best"][512]["loss"] == pytest.approx(2.57)
+    assert e["best"][512]["diverged"] == 1 and e["transfer"]["gap_pct"] == pytest.approx(0.0)
+    assert "mean over 2 seeds per cell" in plot.text([e])
     plot.plot(rows, tmp_path / "p.png")
 
 
