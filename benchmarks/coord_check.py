@@ -75,7 +75,10 @@ def previous_rows() -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="rerun only the cases of this label; keep the other rows of the last run")
+    ap.add_argument("--par", choices=("mup", "sp"), help="rerun only this parametrization's rows")
     args = ap.parse_args()
+    partial = args.only is not None or args.par is not None
+    rerun_key = " ".join(f"--{k} {v}" for k, v in (("only", args.only), ("par", args.par)) if v)
     OUT.mkdir(exist_ok=True)
     cases = CASES if args.only is None else [c for c in CASES if label(c[0], c[1]) == args.only]
     if not cases:
@@ -83,12 +86,12 @@ def main():
             f"no case labelled {args.only!r}; labels: {', '.join(label(c[0], c[1]) for c in CASES)}"
         )
     old_results, old_rows, old_meta = {}, {}, None
-    if args.only is not None and (OUT / "results.json").exists():
+    if partial and (OUT / "results.json").exists():
         old = json.loads((OUT / "results.json").read_text())
         old_results, old_rows, old_meta = {r["case"]: r for r in old["results"]}, previous_rows(), old["meta"]
     results, lines = {}, {}
     for spec, opts, method in cases:
-        for par in ("mup", "sp"):
+        for par in ("mup", "sp") if args.par is None else (args.par,):
             m = dict(method if par == "mup" else DEFAULT)
             seeds = m.pop("seeds", SEEDS)
             for opt in ("adamw", "sgd"):
@@ -128,8 +131,8 @@ def main():
         "base_width": BASE_WIDTH,
         "seeds": SEEDS,
     }
-    if old_meta is not None:  # --only: the other rows are the last full run's
-        meta = old_meta | {"rerun": {**old_meta.get("rerun", {}), args.only: meta}}
+    if old_meta is not None:  # --only/--par: the other rows are the last full run's
+        meta = old_meta | {"rerun": {**old_meta.get("rerun", {}), rerun_key: meta}}
     order = [
         (f"{label(c[0], c[1])}_{par}_{opt}", (label(c[0], c[1]), par, opt))
         for c in CASES
@@ -140,7 +143,8 @@ def main():
     lines = [lines.get(k) or old_rows[k] for _, k in order if k in lines or k in old_rows]
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     rerun = "".join(
-        f" Rows of {k} rerun on {v['date']} (`--only {k}`)." for k, v in meta.get("rerun", {}).items()
+        f" Rows of `{k if k.startswith('--') else '--only ' + k}` rerun on {v['date']}."
+        for k, v in meta.get("rerun", {}).items()
     )
     md = [
         f"# Coordinate checks ({meta['date']}, {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "

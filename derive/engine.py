@@ -223,6 +223,19 @@ class Engine:
         """A change capped at the output's scale (saturation of a normalised, gated or softmaxed value)."""
         return emin(value, ZERO), f"min({text}, 0)"
 
+    @staticmethod
+    def _saturation(size):
+        """The size exponent s > 0 of a bounded nonlinearity's input (sigmoid, tanh, softmax) that grows with
+        width, or None (an O(1) or not yet known input). Its input entries spread over n^s, so the fraction
+        within O(1) of the switch point, where the derivative is Theta(1), is n^-s (a density at 0)."""
+        return size if size.is_number and size is not NEG_INF and size > 0 else None
+
+    @staticmethod
+    def _saturated_change(s, du, text):
+        """A saturated nonlinearity's change for an input change n^du (F_SATURATED)."""
+        return (emin(ZERO, emin(du - s / 2, (du - s) / 2)),
+                f"min(0, {text} - {s}/2, ({text} - {s})/2)")
+
     @property
     def _second_order(self) -> bool:
         """Whether rules include products of two changes (not in the first-order pass)."""
@@ -384,13 +397,18 @@ class Engine:
             fact = R.F_SMOOTH.format(fn=fn)
             return [Term(xu, f"x({u})", fact, deps_x)], [Term(du, f"d({u})", fact, deps_d)]
         if fn in ("sigmoid", "exp"):
-            fact = R.F_GATE.format(fn=fn)
-            size = emax([xu, du])
-            self._assume(node.name, "bounded-gate", size,
+            self._assume(node.name, "bounded-gate", emax([xu, du]),
                          f"the {fn} gate's input `{u}` (n^({xu}) at init, moves by n^({du})) must stay O(1): "
                          + ("otherwise the sigmoid saturates and its derivative vanishes" if fn == "sigmoid"
                             else "exp of an O(1) input is Theta(1) with a Theta(1) derivative; a growing input "
                                  "overflows, or for a log-decay g <= 0 drives exp(g) and its gradient to 0"))
+        s = self._saturation(xu) if fn in ("sigmoid", "tanh") else None
+        if s is not None:
+            fact = R.F_SATURATED.format(fn=fn, s=s)
+            change = self._saturated_change(s, du, f"d({u})")
+            return [Term(ZERO, "0", fact, deps_x)], [Term(*change, fact, deps_d)]
+        if fn in ("sigmoid", "exp"):
+            fact = R.F_GATE.format(fn=fn)
             return [Term(ZERO, "0", fact, deps_x)], [Term(*self._cap(du, f"d({u})"), fact, deps_d)]
         if fn == "tanh":
             return ([Term(emin(xu, ZERO), f"min(x({u}), 0)", R.F_TANH, deps_x)],
@@ -523,6 +541,11 @@ class Engine:
     def _fwd_softmax(self, node):
         (u,) = node.inputs
         self.lineage[node.name], self.trained[node.name] = self.lineage[u], self.trained[u]
+        s = self._saturation(self.X(u))
+        if s is not None:
+            fact = R.F_SATURATED.format(fn="softmax", s=s)
+            return ([Term(ZERO, "0", fact, (("x", u),))],
+                    [Term(*self._saturated_change(s, self.D(u), f"d({u})"), fact, (("d", u),))])
         return ([Term(ZERO, "0", R.F_SOFTMAX, (("x", u),))],
                 [Term(*self._cap(self.D(u), f"d({u})"), R.F_SOFTMAX, (("d", u),))])
 
@@ -692,7 +715,13 @@ class Engine:
     def _bwd_unary(self, node, gv, acc, pacc):
         (u,) = node.inputs
         g = self._g(node)
-        acc[u].append(Term(gv, f"{g[0]}({node.name})", f"{node.attrs['fn']}: bounded Theta(1) derivative", (g,)))
+        fn = node.attrs["fn"]
+        s = self._saturation(self._scale_of(u)) if fn in ("sigmoid", "tanh") else None
+        if s is not None:
+            fact = R.F_SATURATED.format(fn=fn, s=s)
+            acc[u].append(Term(gv - s / 2, f"{g[0]}({node.name}) - {s}/2", fact, (g,)))
+            return
+        acc[u].append(Term(gv, f"{g[0]}({node.name})", f"{fn}: bounded Theta(1) derivative", (g,)))
 
     def _bwd_add(self, node, gv, acc, pacc):
         g = self._g(node)
@@ -778,6 +807,11 @@ class Engine:
     def _bwd_softmax(self, node, gv, acc, pacc):
         (u,) = node.inputs
         g = self._g(node)
+        s = self._saturation(self._scale_of(u))
+        if s is not None:
+            fact = R.F_SATURATED.format(fn="softmax", s=s)
+            acc[u].append(Term(gv - s / 2, f"{g[0]}({node.name}) - {s}/2", fact, (g,)))
+            return
         acc[u].append(Term(gv, f"{g[0]}({node.name})", R.F_SOFTMAX, (g,)))
 
     def _bwd_delta_rule(self, node, gv, acc, pacc):
