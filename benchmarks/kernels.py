@@ -356,15 +356,15 @@ TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles 
     "output": [(64, 4, 2), (64, 4, 3), (64, 4, 1)],
     "bwd_du_local": [(64, 4, 1), (64, 8, 1)],
     "bwd_state": [(64, 4, 1), (64, 4, 2), (64, 8, 2)],
-    "bwd_dqk": [(32, 8, 1), (64, 8, 1), (64, 4, 1), (128, 8, 1)],
+    "bwd_dqk": [(64, 8, 1), (64, 4, 1), (64, 8, 2)],  # BV = 64 only: the fused _bwd_wy part needs it
     "bwd_wy": [(64, 8, 1), (64, 4, 1), (128, 8, 1), (32, 4, 1)],
     "decode": [(32, 4, 1), (16, 2, 1), (64, 4, 1), (32, 2, 1), (16, 4, 1)],
 }
 
 
 # on/off switches tuned by fwd+bwd time before the launch configs: the state products in PREC_INV (lowp) or
-# tf32, o fused into the state kernel when saving or not
-TUNE_FLAGS = {"state": ("lowp", "fuse_o")}
+# tf32, o fused into the state kernel when saving or not, _bwd_wy's work fused into _bwd_dqk or not
+TUNE_FLAGS = {"state": ("lowp", "fuse_o"), "bwd_dqk": ("fuse_wy",)}
 
 
 def run_tune(results, only=None):
@@ -529,7 +529,20 @@ def main():
     ap.add_argument("--shapes", type=int, nargs="*", default=None, help="indices into SHAPES to time")
     ap.add_argument("--skip-fp32", action="store_true", help="skip the float32 check (slow to compile)")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument(
+        "--flag",
+        action="append",
+        default=[],
+        metavar="KERNEL.FLAG=0|1",
+        help="set a CONFIG switch first, e.g. bwd_dqk.fuse_wy=1 (before --config-from and --tune)",
+    )
     args = ap.parse_args()
+    for item in args.flag:
+        key, _, value = item.partition("=")
+        name, _, flag = key.partition(".")
+        if name not in triton_gdn.CONFIG or flag not in triton_gdn.FLAGS or value not in ("0", "1"):
+            ap.error(f"--flag {item}: expected KERNEL.FLAG=0|1 with FLAG one of {triton_gdn.FLAGS}")
+        triton_gdn.CONFIG[name][flag] = value == "1"
     import triton
 
     results = {
