@@ -356,15 +356,15 @@ TUNE = {  # (BV, num_warps, num_stages); small spaces: every candidate compiles 
     "output": [(64, 4, 2), (64, 4, 3), (64, 4, 1)],
     "bwd_du_local": [(64, 4, 1), (64, 8, 1)],
     "bwd_state": [(64, 4, 1), (64, 4, 2), (64, 8, 2)],
-    "bwd_dqk": [(64, 8, 1), (64, 4, 1), (64, 8, 2)],  # BV = 64 only: the fused _bwd_wy part needs it
+    "bwd_dqk": [(32, 8, 1), (64, 8, 1), (64, 4, 1), (128, 8, 1), (64, 8, 2)],
     "bwd_wy": [(64, 8, 1), (64, 4, 1), (128, 8, 1), (32, 4, 1)],
     "decode": [(32, 4, 1), (16, 2, 1), (64, 4, 1), (32, 2, 1), (16, 4, 1)],
 }
 
 
 # on/off switches tuned by fwd+bwd time before the launch configs: the state products in PREC_INV (lowp) or
-# tf32, o fused into the state kernel when saving or not, _bwd_wy's work fused into _bwd_dqk or not
-TUNE_FLAGS = {"state": ("lowp", "fuse_o"), "bwd_dqk": ("fuse_wy",)}
+# tf32, o fused into the state kernel when saving or not
+TUNE_FLAGS = {"state": ("lowp", "fuse_o")}
 
 
 def run_tune(results, only=None):
@@ -534,7 +534,7 @@ def main():
         action="append",
         default=[],
         metavar="KERNEL.FLAG=0|1",
-        help="set a CONFIG switch first, e.g. bwd_dqk.fuse_wy=1 (before --config-from and --tune)",
+        help="set a CONFIG switch first, e.g. state.fuse_o=1 (before --config-from and --tune)",
     )
     args = ap.parse_args()
     for item in args.flag:

@@ -13,8 +13,7 @@ every chunk, U, final state; also o when nothing is kept for a backward, or with
 else `_fwd_output` (chunk-parallel: o from the stored S0 and U).
 Backward: `_bwd_du_local` (chunk-parallel: the dO part of dU), `_bwd_state` (sequential, reversed: dS at
 every chunk end, the rest of dU, dS0), `_bwd_dqk` (chunk-parallel: dq, the output/state parts of dk, dW,
-dgam) and `_bwd_wy` (chunk-parallel: backward of the UT transform: dv, dbeta, the rest of dk and dgam, dg);
-with CONFIG["bwd_dqk"]["fuse_wy"] `_bwd_dqk`'s programs do `_bwd_wy`'s work too (one launch).
+dgam) and `_bwd_wy` (chunk-parallel: backward of the UT transform: dv, dbeta, the rest of dk and dgam, dg).
 Derivation in benchmarks/NOTES.md.
 
 All sequences are handled as packed tokens [B*T, H, *] with offsets (cu_seqlens); batches without
@@ -494,13 +493,6 @@ def _bwd_dqk(
     dk_part,
     dw,
     dgam_part,
-    v,
-    beta,
-    Tm,
-    dk,
-    dv,
-    dbeta,
-    dg,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -508,11 +500,8 @@ def _bwd_dqk(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
-    FUSE_WY: tl.constexpr,
 ):
-    """dq; the output and state parts of dk; dW = -dU S0^T; the matching parts of dgam. FUSE_WY: also
-    _bwd_wy's work in the same program (dW, the partial dk and dgam then stay in registers; v, beta, Tm, dk,
-    dv, dbeta, dg are used), else they are stored in dk_part, dw, dgam_part for _bwd_wy."""
+    """dq; the output and state parts of dk; dW = -dU S0^T; the matching parts of dgam."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
@@ -520,16 +509,14 @@ def _bwd_dqk(
     tk_off, m_tk = _toff(tok, i_h, tl.arange(0, BK), m_t, H, K)
     DT = h.dtype.element_ty
 
+    b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
     b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
-    if FUSE_WY:
-        b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-        b_TT = _load_tt(Tm, t0, rows, m_t, i_h, H, BT)
+
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dbeta = tl.zeros([BT], dtype=tl.float32)
     dgl = 0.0
     for i_v in range(0, tl.cdiv(V, BV)):
         cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
@@ -544,11 +531,7 @@ def _bwd_dqk(
         b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         dgl += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
-        if FUSE_WY:
-            b_dT, b_dbeta = _wy_vblock(v, dv, tv_off, m_tv, b_du, b_beta, b_TT, b_dT, b_dbeta, PREC)
 
-    b_q = tl.load(q + tk_off, mask=m_tk, other=0.0)
-    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
     e_gam = tl.exp(b_gam)
     lower = rows[:, None] >= rows[None, :]
     b_ds = tl.where(lower, b_ds * scale * tl.exp(tl.where(lower, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
@@ -563,114 +546,9 @@ def _bwd_dqk(
     b_dgam = tl.sum(b_dq * b_qf, 1) - tl.sum(b_dko * b_kf, 1) - c_s
     b_dgam += tl.where(rows == L - 1, tl.sum(c_s) + dgl * tl.exp(g_last), 0.0)
     tl.store(dq + tk_off, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    if FUSE_WY:
-        _wy_tail(
-            b_k,
-            b_gam,
-            b_beta,
-            b_TT,
-            b_dT,
-            b_dbeta,
-            b_dko + b_dks,
-            b_dgam,
-            b_dw.to(DT),
-            rows,
-            tok,
-            tk_off,
-            m_t,
-            m_tk,
-            H,
-            i_h,
-            dk,
-            dbeta,
-            dg,
-            PREC,
-        )
-    else:
-        tl.store(dk_part + tk_off, (b_dko + b_dks).to(dk_part.dtype.element_ty), mask=m_tk)
-        tl.store(dw + tk_off, b_dw.to(dw.dtype.element_ty), mask=m_tk)
-        tl.store(dgam_part + tok * H + i_h, b_dgam, mask=m_t)
-
-
-@triton.jit
-def _load_tt(Tm, t0, rows, m_t, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """T^T of a chunk, loaded directly from memory (T is stored row-major per token)."""
-    return tl.load(
-        Tm + ((t0 + rows[None, :]) * H * BT + i_h * BT) + rows[:, None], mask=m_t[None, :], other=0.0
-    )
-
-
-@triton.jit
-def _wy_vblock(v, dv, tv_off, m_tv, b_du, b_beta, b_TT, b_dT, b_dbeta, PREC: tl.constexpr):
-    """One block of V columns of the UT transform's backward (U~ = T (beta V)): dT += dU (beta V)^T and
-    d(beta V) = T^T dU, whose dv part is stored and whose dbeta part is summed."""
-    DT = b_TT.dtype
-    b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-    b_dT += tl.dot(b_du, tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
-    b_dvb = tl.dot(b_TT, b_du, input_precision=PREC)
-    tl.store(dv + tv_off, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-    b_dbeta += tl.sum(b_dvb * b_v, 1)
-    return b_dT, b_dbeta
-
-
-@triton.jit
-def _wy_tail(
-    b_k,
-    b_gam,
-    b_beta,
-    b_TT,
-    b_dT,
-    b_dbeta,
-    b_dk,
-    b_dgam,
-    b_dw,
-    rows,
-    tok,
-    tk_off,
-    m_t,
-    m_tk,
-    H: tl.constexpr,
-    i_h,
-    dk,
-    dbeta,
-    dg,
-    PREC: tl.constexpr,
-):
-    """The rest of the UT transform's backward, given dT and dbeta from the V blocks and dk, dgam, dW from
-    _bwd_dqk's work (float32 dk and dgam, dW in the operand dtype): W = T diag(beta e^gam) K and
-    A = beta Gam k_i.k_j; stores dk, dbeta and dg = reverse cumsum of dgam."""
-    DT = b_TT.dtype
-    e_gam = tl.exp(b_gam)
-    b_kf = b_k.to(tl.float32)
-    # W = T diag(beta e^gam) K:  d(kbe) = T^T dW,  dT += dW kbe^T
-    b_be = b_beta * e_gam
-    b_dkbe = tl.dot(b_TT, b_dw, input_precision=PREC)
-    b_dk += b_dkbe * b_be[:, None]
-    r_kbe = tl.sum(b_dkbe * b_kf, 1)  # k_i.d(kbe)_i: dbeta gets it times e^gam, dgam times beta e^gam
-    b_dbeta += r_kbe * e_gam
-    b_dgam += r_kbe * b_be
-    b_dT += tl.dot(b_dw, tl.trans((b_kf * b_be[:, None]).to(DT)), input_precision=PREC)
-    # dA = -T^T dT T^T on the strictly lower part
-    strict = rows[:, None] > rows[None, :]
-    b_dA = tl.dot(b_TT, b_dT.to(DT), input_precision=PREC)
-    b_dA = -tl.dot(b_dA.to(DT), b_TT, input_precision=PREC)
-    b_dA = tl.where(strict, b_dA, 0.0)
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-    b_dec = tl.where(strict, tl.exp(tl.where(strict, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
-    b_E = b_dA * b_dec * b_kk  # dA_ij Gam_ij k_i.k_j
-    b_dbeta += tl.sum(b_E, 1)
-    b_Eb = b_E * b_beta[:, None]  # dA_ij A_ij
-    b_dgam += tl.sum(b_Eb, 1) - tl.sum(b_Eb, 0)
-    b_dAk = (b_dA * b_dec * b_beta[:, None]).to(DT)
-    b_kc = b_k.to(DT)
-    b_dk += tl.dot(b_dAk, b_kc, input_precision=PREC)
-    b_dk += tl.trans(tl.dot(tl.trans(b_kc), b_dAk, input_precision=PREC))
-
-    b_dgam = tl.where(m_t, b_dgam, 0.0)
-    b_dg = tl.cumsum(b_dgam, 0, reverse=True)
-    tl.store(dk + tk_off, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dbeta + tok * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
-    tl.store(dg + tok * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+    tl.store(dk_part + tk_off, (b_dko + b_dks).to(dk_part.dtype.element_ty), mask=m_tk)
+    tl.store(dw + tk_off, b_dw.to(dw.dtype.element_ty), mask=m_tk)
+    tl.store(dgam_part + tok * H + i_h, b_dgam, mask=m_t)
 
 
 @triton.jit
@@ -705,42 +583,62 @@ def _bwd_wy(
     i_h = tl.program_id(1)
     t0, L, rows, tok, m_t = _chunk_coords(cu, chunk_seq, chunk_pos, i_c, BT)
     tk_off, m_tk = _toff(tok, i_h, tl.arange(0, BK), m_t, H, K)
+    DT = Tm.dtype.element_ty
 
+    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
     b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
     b_beta = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_TT = _load_tt(Tm, t0, rows, m_t, i_h, H, BT)
+    # T^T loaded directly from memory (T is stored row-major per token)
+    b_TT = tl.load(
+        Tm + ((t0 + rows[None, :]) * H * BT + i_h * BT) + rows[:, None], mask=m_t[None, :], other=0.0
+    )
+
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         tv_off, m_tv = _toff(tok, i_h, i_v * BV + tl.arange(0, BV), m_t, H, V)
         b_du = tl.load(du + tv_off, mask=m_tv, other=0.0)
-        b_dT, b_dbeta = _wy_vblock(v, dv, tv_off, m_tv, b_du, b_beta, b_TT, b_dT, b_dbeta, PREC)
-    b_k = tl.load(k + tk_off, mask=m_tk, other=0.0)
+        b_v = tl.load(v + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+        # U~ = T (beta V):  dT += dU (beta V)^T,  d(beta V) = T^T dU
+        b_dT += tl.dot(b_du, tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
+        b_dvb = tl.dot(b_TT, b_du, input_precision=PREC)
+        tl.store(dv + tv_off, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_dbeta += tl.sum(b_dvb * b_v, 1)
+
+    e_gam = tl.exp(b_gam)
+    b_kf = b_k.to(tl.float32)
     b_dk = tl.load(dk_part + tk_off, mask=m_tk, other=0.0).to(tl.float32)
     b_dgam = tl.load(dgam_part + tok * H + i_h, mask=m_t, other=0.0)
     b_dw = tl.load(dw + tk_off, mask=m_tk, other=0.0)
-    _wy_tail(
-        b_k,
-        b_gam,
-        b_beta,
-        b_TT,
-        b_dT,
-        b_dbeta,
-        b_dk,
-        b_dgam,
-        b_dw,
-        rows,
-        tok,
-        tk_off,
-        m_t,
-        m_tk,
-        H,
-        i_h,
-        dk,
-        dbeta,
-        dg,
-        PREC,
-    )
+    # W = T diag(beta e^gam) K:  d(kbe) = T^T dW,  dT += dW kbe^T
+    b_be = b_beta * e_gam
+    b_dkbe = tl.dot(b_TT, b_dw, input_precision=PREC)
+    b_dk += b_dkbe * b_be[:, None]
+    r_kbe = tl.sum(b_dkbe * b_kf, 1)  # k_i.d(kbe)_i: dbeta gets it times e^gam, dgam times beta e^gam
+    b_dbeta += r_kbe * e_gam
+    b_dgam += r_kbe * b_be
+    b_dT += tl.dot(b_dw, tl.trans((b_kf * b_be[:, None]).to(DT)), input_precision=PREC)
+    # dA = -T^T dT T^T on the strictly lower part
+    strict = rows[:, None] > rows[None, :]
+    b_dA = tl.dot(b_TT, b_dT.to(DT), input_precision=PREC)
+    b_dA = -tl.dot(b_dA.to(DT), b_TT, input_precision=PREC)
+    b_dA = tl.where(strict, b_dA, 0.0)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    b_dec = tl.where(strict, tl.exp(tl.where(strict, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)
+    b_E = b_dA * b_dec * b_kk  # dA_ij Gam_ij k_i.k_j
+    b_dbeta += tl.sum(b_E, 1)
+    b_Eb = b_E * b_beta[:, None]  # dA_ij A_ij
+    b_dgam += tl.sum(b_Eb, 1) - tl.sum(b_Eb, 0)
+    b_dAk = (b_dA * b_dec * b_beta[:, None]).to(DT)
+    b_kc = b_k.to(DT)
+    b_dk += tl.dot(b_dAk, b_kc, input_precision=PREC)
+    b_dk += tl.trans(tl.dot(tl.trans(b_kc), b_dAk, input_precision=PREC))
+
+    b_dgam = tl.where(m_t, b_dgam, 0.0)
+    b_dg = tl.cumsum(b_dgam, 0, reverse=True)
+    tl.store(dk + tk_off, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dbeta + tok * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
+    tl.store(dg + tok * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -817,8 +715,7 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
-    # fuse_wy: _bwd_wy's work inside _bwd_dqk's programs (one launch; dW, partial dk, dgam in registers)
-    "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1, fuse_wy=False),
+    "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
     "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
     "decode": dict(BV=32, num_warps=2, num_stages=1),
 }
@@ -831,7 +728,7 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
 FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_du_local": 64, "bwd_state": 64}
 
 
-FLAGS = ("lowp", "fuse_o", "fuse_wy")  # CONFIG entries that are not launch parameters
+FLAGS = ("lowp", "fuse_o")  # CONFIG entries that are not launch parameters
 
 
 def _cfg(name, V):
@@ -1018,27 +915,22 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         STORE_DH0=dh0 is not None,
     )
     dq = run.empty(*q.shape, dtype=q.dtype)
-    dk, dv = run.empty(*k.shape, dtype=k.dtype), run.empty(*v.shape, dtype=v.dtype)
-    dbeta, dg = run.empty(*beta.shape, dtype=beta.dtype), run.empty(*g.shape, dtype=g.dtype)
-    fuse = CONFIG["bwd_dqk"].get("fuse_wy", False)
-    # unfused: the partial dk, dW and dgam go through memory to _bwd_wy
-    dk_part, dw = (q, q) if fuse else (run.empty(*k.shape), run.empty(*k.shape))
-    dgam = q if fuse else run.empty(B, T, H, dtype=torch.float32)
+    dk_part, dw = run.empty(*k.shape), run.empty(*k.shape)
+    dgam = run.empty(B, T, H, dtype=torch.float32)
     run(
         _bwd_dqk,
         "bwd_dqk",
         lambda bv: (NCt, H),
         *(q, k, gam, h, dh, vn, du, do, cu, chunk_seq, chunk_pos, scale, dq, dk_part, dw, dgam),
-        *(v, beta, Tm, dk, dv, dbeta, dg),
-        FUSE_WY=fuse,
     )
-    if not fuse:
-        run(
-            _bwd_wy,
-            "bwd_wy",
-            lambda bv: (NCt, H),
-            *(k, v, beta, gam, Tm, dw, du, dk_part, dgam, cu, chunk_seq, chunk_pos, dk, dv, dbeta, dg),
-        )
+    dk, dv = run.empty(*k.shape, dtype=k.dtype), run.empty(*v.shape, dtype=v.dtype)
+    dbeta, dg = run.empty(*beta.shape, dtype=beta.dtype), run.empty(*g.shape, dtype=g.dtype)
+    run(
+        _bwd_wy,
+        "bwd_wy",
+        lambda bv: (NCt, H),
+        *(k, v, beta, gam, Tm, dw, du, dk_part, dgam, cu, chunk_seq, chunk_pos, dk, dv, dbeta, dg),
+    )
     return dq, dk, dv, dg, dbeta, dh0
 
 

@@ -39,20 +39,6 @@ CASES = {
     "fp16_normal": (2, 80, 2, 32, 32, "float16", "normal", {}),
     "fp32_normal": (2, 80, 2, 32, 32, "float32", "normal", {}),
     "fp32_varlen": (1, 100, 2, 32, 32, "float32", "strong_decay", {"cu": [0, 1, 65, 66, 100]}),
-    # _bwd_wy's work fused into _bwd_dqk (CONFIG["bwd_dqk"]["fuse_wy"])
-    "fused_wy_bf16": (2, 80, 2, 32, 32, "bfloat16", "normal", {"fuse_wy": True}),
-    "fused_wy_bf16_k128": (1, 70, 1, 128, 32, "bfloat16", "strong_decay", {"fuse_wy": True}),
-    "fused_wy_bf16_varlen": (
-        1,
-        135,
-        2,
-        32,
-        32,
-        "bfloat16",
-        "no_decay",
-        {"cu": [0, 1, 2, 66, 67, 130, 135], "fuse_wy": True},
-    ),
-    "fused_wy_fp32": (2, 80, 2, 32, 48, "float32", "beta1", {"fuse_wy": True}),
     "decode_bf16": (4, 1, 2, 32, 32, "bfloat16", "normal", {"decode": True}),
     "decode_fp32_T3": (3, 3, 2, 32, 48, "float32", "normal", {"decode": True}),
     "decode_varlen": (1, 7, 2, 32, 32, "float32", "normal", {"decode": True, "cu": [0, 1, 2, 5, 7]}),
@@ -101,9 +87,6 @@ def _patch_bf16_cast():
     ti.InterpreterBuilder.cast_impl = cast_impl
 
 
-FUSE_WY = None  # the kernels' default, read when the worker starts
-
-
 def run_case(name):
     import torch
     from mudelta.kernels import triton_gdn
@@ -128,7 +111,6 @@ def run_case(name):
     )
     decode = extra.get("decode", False)
     triton_gdn.SEGMENT_CHUNKS = extra.get("segment")
-    triton_gdn.CONFIG["bwd_dqk"]["fuse_wy"] = extra.get("fuse_wy", FUSE_WY)
 
     def fn(
         q,
@@ -169,10 +151,6 @@ def main():
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     _patch_bf16_dot()
     _patch_bf16_cast()
-    from mudelta.kernels import triton_gdn
-
-    global FUSE_WY
-    FUSE_WY = triton_gdn.CONFIG["bwd_dqk"]["fuse_wy"]
     names = sys.argv[1:] or list(CASES)
     out = {}
     for n in names:
