@@ -6,18 +6,29 @@
 # Same method as the CPU muP rows: base width 64, one sequence of 32 bytes, 3 steps, 3 seeds; models are
 # initialised on the CPU, then run in float32 on the GPU (the recurrence on the chunked PyTorch path). CASES
 # (default: the three whose CPU rows miss) run at the same time; the CPU init of the widest models dominates.
+# PAR=sp runs the SP rows instead (BATCH=4 SEQ=64 gives the CPU SP rows' batch); STREAMS=N runs the cases in
+# N parallel streams, one after the other within each (the widest SP models need ~40 GB each).
 set -uo pipefail
 OUT=${OUT:-/tmp/coord_gpu}; D=$(mktemp -d); mkdir -p "$OUT"
 CASES=${CASES:-"gdn:adamw gdn:sgd transformer:adamw"}
+PAR=${PAR:-mup}; BATCH=${BATCH:-1}; SEQ=${SEQ:-32}; STREAMS=${STREAMS:-0}
 WIDTHS=${WIDTHS:-1024,2048,4096,8192}
 M="python3 -m mudelta.runtime.cli coord-check"
-COMMON="--set layers=2 --widths $WIDTHS --base-width 64 --batch 1 --seq 32 --seeds 3 --device cuda --format json"
+COMMON="--widths $WIDTHS --base-width 64 --batch $BATCH --seq $SEQ --seeds 3 --device cuda --format json"
 run() {  # run SPEC OPTIMIZER
-    local name=$1_mup_$2 t0=$SECONDS
-    $M "$1" --optimizer "$2" $COMMON --plot "$D/$name.png" >"$OUT/$name.json" 2>"$D/$name.err"
+    local name=$1_${PAR}_$2 t0=$SECONDS set=(--set layers=2)
+    [ "$1" = mlp ] && set=()  # the MLP preset's own depth, as in the CPU rows
+    $M "$1" --optimizer "$2" --parametrization "$PAR" "${set[@]}" $COMMON --plot "$D/$name.png" \
+        >"$OUT/$name.json" 2>"$D/$name.err"
     echo "$name: rc $? in $((SECONDS - t0)) s; $(tail -c 300 "$D/$name.err")" | tee -a "$OUT/log.txt"
 }
-for c in $CASES; do run "${c%%:*}" "${c##*:}" & done
+if [ "$STREAMS" -gt 0 ]; then  # case i goes to stream i mod STREAMS
+    for s in $(seq 0 $((STREAMS - 1))); do
+        (i=0; for c in $CASES; do [ $((i % STREAMS)) = "$s" ] && run "${c%%:*}" "${c##*:}"; i=$((i + 1)); done) &
+    done
+else
+    for c in $CASES; do run "${c%%:*}" "${c##*:}" & done
+fi
 wait
 python3 - "$OUT" <<'PY' | tee -a "$OUT/log.txt"
 import json, pathlib, sys
