@@ -100,6 +100,9 @@ class Engine:
         self.grad: dict[str, sp.Expr] = {}
         self.pgrad: dict[str, sp.Expr] = {}
         self.lineage: dict[str, frozenset] = {}
+        # {node: {param in its lineage: size exponent of the part of the node's init value carried along that
+        # lineage}}: a correlated contraction with the param is as large as that part, not the whole node
+        self.carried: dict[str, dict[str, sp.Expr]] = {}
         self.trained: dict[str, bool] = {}
         self.steps: dict[tuple, Step] = {}
         self.unknowns: dict[tuple, Unknown] = {}
@@ -197,6 +200,7 @@ class Engine:
             rule = getattr(self, f"_fwd_{node.op}")
             xs, ds = rule(node)
             self._settle(name, xs, ds)
+            self._carry(node)
             for mode in ("a", "d1"):
                 self._mode = mode
                 try:
@@ -204,6 +208,26 @@ class Engine:
                 finally:
                     self._mode = "d"
                 self._settle_change(mode, name, terms)
+
+    def _carry(self, node):
+        """Record `carried` for a settled node. A sum keeps each input's part as it is; an elementwise
+        product multiplies it by the other factors; a linear map starts its own lineage (its output is all
+        its weight's); any other op (a norm, a nonlinearity, a multiplier) rescales its input's parts with
+        the node."""
+        name, x = node.name, self.x[node.name]
+        parts: dict[str, list] = {}
+        for i, u in enumerate(node.inputs):
+            if node.op in ("linear", "embedding"):
+                break
+            for q, v in self.carried.get(u, {}).items():
+                if node.op == "add":
+                    part = v
+                elif node.op in ("mul", "mix"):
+                    part = v + sum((self.x[w] for j, w in enumerate(node.inputs) if j != i), ZERO)
+                else:
+                    part = v - self.x[u] + x
+                parts.setdefault(q, []).append(part)
+        self.carried[name] = {q: emax(parts[q]) if q in parts else x for q in self.lineage[name]}
 
     _CHANGES = {"a": "aligned change (own updates, built from this node's gradient): ",
                 "d1": "change to first order in the learning rate: "}
@@ -228,13 +252,13 @@ class Engine:
         """The size exponent s > 0 of a bounded nonlinearity's input (sigmoid, tanh, softmax) that grows with
         width, or None (an O(1) or not yet known input). Its input entries spread over n^s, so the fraction
         within O(1) of the switch point, where the derivative is Theta(1), is n^-s (a density at 0)."""
-        return size if size.is_number and size is not NEG_INF and size > 0 else None
+        return size if size.is_number and size.is_finite and size > 0 else None
 
     @staticmethod
     def _saturated_change(s, du, text):
         """A saturated nonlinearity's change for an input change n^du (F_SATURATED)."""
         return (emin(ZERO, emin(du - s / 2, (du - s) / 2)),
-                f"min(0, {text} - {s}/2, ({text} - {s})/2)")
+                f"min(0, {text} - {s / 2}, ({text} - {s})/2)")
 
     @property
     def _second_order(self) -> bool:
@@ -343,6 +367,13 @@ class Engine:
         gain = e_c if corr else e_c / 2
         fact = (R.F_LLN if corr else R.F_CLT).format(dims=dims, e=e_c)
         xs = [Term(-beta + xu + gain, f"-beta[{p}] + x({u}) + {gain}", fact, (("beta", p), ("x", u)))]
+        share = self._subs(self.carried[u][p] - xu) if corr else ZERO
+        if share.is_number and share < 0:  # only the part of u that p carries is correlated with p
+            part = R.F_LLN.format(dims=dims, e=e_c) + f"; {u} carries {p} only as a part n^({share}) of it"
+            xs = [Term(-beta + xu + share + e_c, f"-beta[{p}] + x({u}) + {share} + {e_c}", part,
+                       (("beta", p), ("x", u))),
+                  Term(-beta + xu + e_c / 2, f"-beta[{p}] + x({u}) + {e_c / 2}",
+                       R.F_CLT.format(dims=dims, e=e_c), (("beta", p), ("x", u)))]
         w_dx = R.w_dx_gain(e_c, e_o)
         ds = []
         if self._mode != "a":  # W . Delta x follows the gradient at x (all its consumers'), not this node's
@@ -716,10 +747,7 @@ class Engine:
         (u,) = node.inputs
         g = self._g(node)
         fn = node.attrs["fn"]
-        s = self._saturation(self._scale_of(u)) if fn in ("sigmoid", "tanh") else None
-        if s is not None:
-            fact = R.F_SATURATED.format(fn=fn, s=s)
-            acc[u].append(Term(gv - s / 2, f"{g[0]}({node.name}) - {s}/2", fact, (g,)))
+        if fn in ("sigmoid", "tanh") and self._saturated_grad(node, fn, gv, acc):
             return
         acc[u].append(Term(gv, f"{g[0]}({node.name})", f"{fn}: bounded Theta(1) derivative", (g,)))
 
@@ -807,12 +835,22 @@ class Engine:
     def _bwd_softmax(self, node, gv, acc, pacc):
         (u,) = node.inputs
         g = self._g(node)
-        s = self._saturation(self._scale_of(u))
-        if s is not None:
-            fact = R.F_SATURATED.format(fn="softmax", s=s)
-            acc[u].append(Term(gv - s / 2, f"{g[0]}({node.name}) - {s}/2", fact, (g,)))
+        if self._saturated_grad(node, "softmax", gv, acc):
             return
         acc[u].append(Term(gv, f"{g[0]}({node.name})", R.F_SOFTMAX, (g,)))
+
+    def _saturated_grad(self, node, fn, gv, acc) -> bool:
+        """The gradient through a saturated nonlinearity (F_SATURATED), if its input grows with width: at
+        init, or after a step with the changed input's size (its init size where that is not known yet)."""
+        (u,) = node.inputs
+        size = self._scale_of(u)
+        s = self._saturation(size if size.is_number else self.X(u))
+        if s is None:
+            return False
+        g = self._g(node)
+        fact = R.F_SATURATED.format(fn=fn, s=s)
+        acc[u].append(Term(gv - s / 2, f"{g[0]}({node.name}) - {s / 2}", fact, (g,)))
+        return True
 
     def _bwd_delta_rule(self, node, gv, acc, pacc):
         q, k, v, alpha, beta = node.inputs

@@ -54,10 +54,10 @@ F_SCALE = "multiplier slot {slot}: multiplies by n^{{s}}"
 F_SOFTMAX = "softmax over the (finite) sequence of O(1) logits: Theta(1) weights with bounded derivative"
 F_MIX = "weighted sum over the (finite) sequence: exponents add"
 F_SATURATED = (
-    "{fn} saturated: its input is n^({s}) at init, so only the fraction n^-({s}) of entries (rows, for a "
+    "{fn} saturated: its input is n^({s}), so only the fraction n^(-{s}) of entries (rows, for a "
     "softmax) whose input (gap) lies within O(1) of the switch point keep a Theta(1) derivative: the "
-    "derivative's rms is n^-({s})/2; a change n^d moves it by n^(d - ({s})/2) for d <= 0 and "
-    "n^((d - ({s}))/2) for d > 0, capped at 0"
+    "derivative's rms is n^(-{s}/2); a change n^d moves it by n^(d - {s}/2) for d <= 0 and "
+    "n^((d - {s})/2) for d > 0, capped at 0"
 )
 F_WRITE = (
     "delta rule: a linear recurrence whose contraction factor alpha (I - beta k k^T) is bounded away from "
