@@ -51,18 +51,18 @@ def _loss(row: dict, metric: str) -> float | None:
 
 
 def cells(rows: list[dict], metric: str) -> dict[tuple, dict]:
-    """(width, lr) -> the cell over its seeds: `loss` the mean (None if any seed diverged or none finished),
-    `losses` each finished seed's, `diverged` any seed diverged, `seeds` how many rows."""
+    """(width, lr) -> the cell over its seeds: `loss` the mean (None if a seed diverged), `losses` each
+    finished seed's, `diverged` a seed diverged or ended without a finite loss, `seeds` how many rows."""
     out: dict[tuple, dict] = {}
     for r in rows:
         c = out.setdefault((r["width"], r["lr"]), {"losses": [], "diverged": False, "seeds": 0})
         c["seeds"] += 1
-        c["diverged"] |= bool(r.get("diverged"))
-        if (loss := _loss(r, metric)) is not None:
+        loss = _loss(r, metric)
+        c["diverged"] |= bool(r.get("diverged")) or loss is None
+        if loss is not None:
             c["losses"].append(loss)
     for c in out.values():
-        ok = c["losses"] and not c["diverged"] and len(c["losses"]) == c["seeds"]
-        c["loss"] = sum(c["losses"]) / len(c["losses"]) if ok else None
+        c["loss"] = None if c["diverged"] else sum(c["losses"]) / len(c["losses"])
     return out
 
 
@@ -79,6 +79,8 @@ def summarize(rows: list[dict], metric: str = "final_val_loss") -> list[dict]:
         ]
         lrs = sorted({r["lr"] for r in mine})
         widths = sorted({r["width"] for r in mine})
+        if not widths:  # every trial of this parametrization and optimizer ended in an error
+            continue
         table = cells(mine, metric)
         best = {}
         for w in widths:
@@ -139,8 +141,7 @@ def text(summary: list[dict]) -> str:
     lines = []
     for e in summary:
         grid = ", ".join(f"{x:.3g}" for x in e["lrs"])
-        seeds = f"{e['seeds_min']}-{e['seeds']}" if e["seeds_min"] < e["seeds"] else e["seeds"]
-        seeds = f"; mean over {seeds} seeds per cell" if e["seeds"] > 1 else ""
+        seeds = f"; mean over {_seeds(e)} seeds per cell" if e["seeds"] > 1 else ""
         lines.append(f"{e['parametrization']} / {e['optimizer']} ({e['metric']}{seeds}; LR grid {grid})")
         for w in e["widths"]:
             b = e["best"][w]
@@ -167,6 +168,11 @@ def text(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seeds(e: dict) -> str:
+    """Seeds per cell: `3`, or `1-3` where cells differ."""
+    return f"{e['seeds_min']}-{e['seeds']}" if e["seeds_min"] < e["seeds"] else str(e["seeds"])
+
+
 def _lost(e: dict) -> str:
     """A note on the widths where every learning rate diverged (the drift counts only the others)."""
     return f"; no lr trained at width {', '.join(map(str, e['lost']))}" if e["lost"] else ""
@@ -187,8 +193,9 @@ def markdown(summary: list[dict]) -> str:
             )
     out += [
         "",
-        "| parametrization | optimizer | drift (grid steps) | largest width at the small width's lr | gap |",
-        "|---|---|---:|---|---:|",
+        "| parametrization | optimizer | drift (grid steps) | largest width at the small width's lr | gap "
+        "| seeds |",
+        "|---|---|---:|---|---:|---:|",
     ]
     for e in summary:
         t = e["transfer"]
@@ -196,7 +203,7 @@ def markdown(summary: list[dict]) -> str:
         at = "-" if not t else f"width {t['width']}, lr {t['lr']:.3g}: {_fmt(t['loss'])} vs {t['best']:.4f}"
         out.append(
             f"| {e['parametrization']} | {e['optimizer']} | {_fmt(e['drift_steps'], 'd')}{_lost(e)} | {at} "
-            f"| {gap} |"
+            f"| {gap} | {_seeds(e)} |"
         )
     return "\n".join(out) + "\n"
 

@@ -106,8 +106,14 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
     grid.setdefault("optimizers", [base.model.optimizer])
     grid.setdefault("widths", [base.model.width])
     grid.setdefault("seeds", [base.train.seed])
-    if not isinstance(grid["seeds"], list) or not all(isinstance(x, int) for x in grid["seeds"]):
-        raise ConfigError(f"sweep.seeds: expected a list of integers, got {grid['seeds']!r}")
+    seeds = grid["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+        or len(set(seeds)) < len(seeds)
+    ):
+        raise ConfigError(f"sweep.seeds: expected a non-empty list of distinct integers, got {seeds!r}")
     if "lrs" not in grid:
         raise ConfigError("sweep: no `lrs` (a list, or a mapping optimizer -> list)")
     lrs = grid["lrs"]

@@ -172,8 +172,9 @@ def test_seeds_are_a_grid_axis_and_cells_average_them(tmp_path):
     names = sorted(Path(t.config.out).name for t in trials(base, grid))
     assert names == [f"{p}_adamw_w32_lr0.01{s}" for p in ("mup", "sp") for s in ("", "_s1")]
     assert len({t.key for t in trials(base, grid)}) == 4  # the seed is part of the trial's identity
-    with pytest.raises(ValueError, match="sweep.seeds: expected a list of integers"):
-        load_sweep(None, "tiny", ["sweep.seeds=3"])
+    for bad in ("3", "[]", "[0, 0]", "[true]"):
+        with pytest.raises(ValueError, match="sweep.seeds: expected a non-empty list of distinct integers"):
+            load_sweep(None, "tiny", [f"sweep.seeds={bad}"])
     # two seeds: the cell's loss is their mean; one diverged seed makes the cell diverged
     seed0 = rows_from({128: [3.0, 2.9, 2.8, 2.85, 3.0], 512: [2.8, 2.7, 2.60, 2.64, 2.8]})
     seed1 = rows_from(
