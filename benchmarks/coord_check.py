@@ -60,16 +60,24 @@ def label(spec, opts):
     return spec + "".join(f"-{k}{v}" for k, v in opts.items() if k != "layers")
 
 
-def previous_rows() -> dict:
-    """(model, parametrization, optimizer) -> table line of the last summary.md (for --only)."""
-    rows = {}
+def previous_summary() -> tuple[dict, str]:
+    """From the last summary.md (for --only/--par): (model, parametrization, optimizer) -> line of its first
+    table (the CPU rows this script writes), and the text after that table (sections added by hand, e.g. the
+    GPU rows), kept as it is."""
+    rows, tail, state = {}, [], "before"
     path = OUT / "summary.md"
-    if path.exists():
-        for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if state == "before" and line.startswith("| model |"):
+            state = "table"
+        if state == "table" and not line.startswith("|"):
+            state = "after"
+        if state == "table":
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if line.startswith("| ") and len(cells) >= 8 and cells[1] in ("mup", "sp"):
+            if len(cells) >= 8 and cells[1] in ("mup", "sp"):
                 rows[tuple(cells[:3])] = line
-    return rows
+        elif state == "after":
+            tail.append(line)
+    return rows, "\n".join(tail).strip("\n")
 
 
 def main():
@@ -85,10 +93,13 @@ def main():
         raise SystemExit(
             f"no case labelled {args.only!r}; labels: {', '.join(label(c[0], c[1]) for c in CASES)}"
         )
-    old_results, old_rows, old_meta = {}, {}, None
-    if partial and (OUT / "results.json").exists():
+    old_results, old_meta = {}, None
+    old_rows, tail = previous_summary()  # the hand-written sections after the table stay in every run
+    if not partial:
+        old_rows = {}
+    elif (OUT / "results.json").exists():
         old = json.loads((OUT / "results.json").read_text())
-        old_results, old_rows, old_meta = {r["case"]: r for r in old["results"]}, previous_rows(), old["meta"]
+        old_results, old_meta = {r["case"]: r for r in old["results"]}, old["meta"]
     results, lines = {}, {}
     for spec, opts, method in cases:
         for par in ("mup", "sp") if args.par is None else (args.par,):
@@ -173,6 +184,8 @@ def main():
         "|---|---|---|---|---|---|---|---|",
         *lines,
     ]
+    if tail:
+        md += ["", tail]
     (OUT / "summary.md").write_text("\n".join(md) + "\n")
 
 

@@ -540,8 +540,10 @@ def main():
     for item in args.flag:
         key, _, value = item.partition("=")
         name, _, flag = key.partition(".")
-        if name not in triton_gdn.CONFIG or flag not in triton_gdn.FLAGS or value not in ("0", "1"):
-            ap.error(f"--flag {item}: expected KERNEL.FLAG=0|1 with FLAG one of {triton_gdn.FLAGS}")
+        have = [f for f in triton_gdn.CONFIG.get(name, {}) if f in triton_gdn.FLAGS]
+        if flag not in have or value not in ("0", "1"):
+            switches = [f"{k}.{f}" for k, c in triton_gdn.CONFIG.items() for f in c if f in triton_gdn.FLAGS]
+            ap.error(f"--flag {item}: expected KERNEL.FLAG=0|1, one of {', '.join(switches)}")
         triton_gdn.CONFIG[name][flag] = value == "1"
     import triton
 

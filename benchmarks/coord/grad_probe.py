@@ -5,7 +5,8 @@ every SGD step's size.
     python benchmarks/coord/grad_probe.py transformer --set layers=2 [--std 0.125] [--coord sgd]
 
 The model is the coord check's (its generated module, base width the first width, its fixed batch, float64);
-for every node with a gradient: the log-log slope over width of rms(dL/d node), averaged over seeds
+for every node with a gradient: the log-log slope over width of its gradient's size (as the coord check takes
+sizes: the rms, or for a node with only finite dims the largest feature per position), averaged over seeds
 (geometric mean), next to the engine's `grad` exponent at init and the local slope at the two largest widths.
 --std replaces the presets' fixed init std of the hidden matrices (0.02, the reference implementations'
 initializer_range, which SP keeps at every width): the exponents do not depend on it, the widths where they
@@ -14,16 +15,18 @@ show do (each hidden matmul multiplies by std * sqrt(n), 0.16 at width 64 with 0
 """
 
 import argparse
+import math
 
 import torch
 from mudelta.codegen import generate, load_module
 from mudelta.graphs import builders
 from mudelta.graphs.presets import load
+from mudelta.kernels import chunk_gated_delta_rule_torch
 from mudelta.runtime import coord
 from mudelta.runtime.models import model_class
 
 
-def grads(module, width, seed, batch, seq):
+def grads(module, width, seed, batch, seq, finite):
     torch.manual_seed(seed)
     model = model_class(module)(module.Config(width=width)).double()
     x, y = coord._batch(model, batch, seq, seed)
@@ -39,7 +42,7 @@ def grads(module, width, seed, batch, seq):
     module.tap, module.TAPS = tap, {}  # TAPS set: the spelled-out attention, every node tapped
     _, loss = model(x, y)
     loss.backward()
-    return {n: v.grad.pow(2).mean().sqrt().item() for n, v in kept.items() if v.grad is not None}
+    return {n: coord._size(v.grad, finite.get(n)) for n, v in kept.items() if v.grad is not None}
 
 
 def main():
@@ -64,7 +67,12 @@ def main():
     widths = [int(w) for w in args.widths.split(",")]
     engine = coord._first_steps(graph, args.optimizer, args.parametrization).engine
     module = load_module(generate(graph, args.optimizer, args.parametrization, base_width=widths[0]), "gp")
-    runs = [[grads(module, w, s, args.batch, args.seq) for s in range(args.seeds)] for w in widths]
+    if hasattr(module, "chunk_gated_delta_rule"):  # as the coord check: the PyTorch recurrence, in float64
+        module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
+    # sizes as the coord check takes them (a node with only finite dims: the largest feature per position)
+    finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
+              if node.dims and not graph.width_dims(node.dims)}
+    runs = [[grads(module, w, s, args.batch, args.seq, finite) for s in range(args.seeds)] for w in widths]
     print(f"{args.spec} {args.parametrization}, std {builders.STD}: rms(dL/d node) at init, "
           f"widths {args.widths}, {args.seeds} seeds")
     print(f"{'node':24s} {'engine':>7s} {'slope':>7s} {'last':>7s}  rms")

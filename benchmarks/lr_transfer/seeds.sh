@@ -9,6 +9,7 @@ set -uo pipefail
 UNTIL=${1:?seconds}
 JOBS=${JOBS:-"1 1024 0.0057;2 1024 0.0057;2 1024 0.008;1 128 0.004,0.0057,0.008;2 128 0.004,0.0057,0.008"}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+left() { local t=$((UNTIL - SECONDS)); echo $((t > 1 ? t : 1)); }  # timeout 0 would mean no limit
 OUT=${OUT:-/tmp/seeds_out}; mkdir -p "$OUT"
 M="python3 -m mudelta.runtime.cli"; CFG=benchmarks/lr_transfer/config.yaml; DIR=benchmarks/lr_transfer/py400seeds
 SP=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
@@ -17,7 +18,7 @@ STD=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
     "$SP/sympy" "$SP/torch" "$SP/numpy" "$SP/networkx" "$STD" --out data/py-bpe8k --val-fraction 0.03 --quiet
 echo "data ready at ${SECONDS}s"
 if [ "${CHECK:-0}" = 1 ]; then
-    timeout $((UNTIL - SECONDS)) python3 benchmarks/kernels.py --check --skip-fp32 --out "$OUT/kernels" \
+    timeout "$(left)" python3 benchmarks/kernels.py --check --skip-fp32 --out "$OUT/kernels" \
         >"$OUT/kernels_check.log" 2>&1 &
 fi
 SET="--set data.path=data/py-bpe8k --set train.steps=400 --set train.warmup=40 --set train.eval_every=100
@@ -27,11 +28,11 @@ IFS=';' read -ra LIST <<<"$JOBS"
 for job in "${LIST[@]}"; do
     read -r seed width lrs <<<"$job"
     n=$(echo "$lrs" | tr ',' '\n' | wc -l)
-    timeout $((UNTIL - SECONDS)) $M sweep $CFG --quiet --per-gpu "$n" $SET --set train.seed="$seed" \
+    timeout "$(left)" $M sweep $CFG --quiet --per-gpu "$n" $SET --set train.seed="$seed" \
         --set "sweep.widths=[$width]" --set "sweep.lrs.adamw=[$lrs]" --set out=$DIR/s${seed}_w$width \
         >"$OUT/s${seed}_w$width.log" 2>&1 &
 done
-sleep 90; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee "$OUT/nvidia_smi.txt"
+sleep "$(( $(left) < 90 ? $(left) : 90 ))"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee "$OUT/nvidia_smi.txt"
 wait
 tar cf "$OUT/rows.tar" $DIR/*/results.jsonl
 echo "done at ${SECONDS}s"; tail -n 3 "$OUT"/*.log
