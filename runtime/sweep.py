@@ -296,9 +296,10 @@ def run_sweep(
             rows.append(row)
             loss = row["final_val_loss"]
             msg = "diverged" if row["diverged"] else (row["status"] if loss is None else f"val {loss:.4f}")
+            seed = f"seed {row['seed']} " if len(grid.get("seeds", [])) > 1 or row["seed"] else ""
             tqdm.write(
                 f"{row['parametrization']:>4s} {row['optimizer']:>12s} width {row['width']:>5d} "
-                f"lr {row['lr']:<9.3g} {msg}",
+                f"lr {row['lr']:<9.3g} {seed}{msg}",
                 file=sys.stderr,
             )
 
