@@ -34,7 +34,8 @@ def key(name: str) -> str:
 
 
 def setup(args, width: int):
-    """Config, generated module, model, SGD-Nesterov optimizer and train batches of a trial, as `mudelta train`."""
+    """Config, generated module, model, optimizer (SGD-Nesterov unless --set model.optimizer=...) and train
+    batches of a trial, as `mudelta train`."""
     over = [
         f"model.options.layers={args.layers}",
         f"model.base_width={args.base}",
@@ -61,7 +62,7 @@ def setup(args, width: int):
     groups = model.param_groups(cfg.train.lr, weight_decay=0.0, lr_multipliers=cfg.train.lr_multipliers)
     for g in groups:
         g["base_lr"] = g["lr"]
-    opt = make_optimizer("sgd-nesterov", groups, cfg.train.lr, momentum=cfg.train.momentum)
+    opt = make_optimizer(cfg.model.optimizer, groups, cfg.train.lr, momentum=cfg.train.momentum)
     batches = Batches(data, cfg.data.batch, cfg.data.seq, cfg.train.seed)
     return cfg, data, module, model, opt, batches
 
