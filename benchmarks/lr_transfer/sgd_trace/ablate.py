@@ -18,6 +18,9 @@ attention; silu has a Theta(1) derivative, so no derived exponent depends on it.
 the path by which the tied readout aligns the backward with the forward at init (coord/method.md, "Where the
 aligned part comes from").
 
+--conv-norm equal rescales every channel's short-convolution kernel (q, k and v) at init to the mean norm
+over its channels: the runaway channels of addendum 8 start with the largest v kernels (addendum 9).
+
 and prints, per width, the final train loss or the step at which the loss first rose 2 nats above its first
 value (the sweep's divergence test). One JSON line per width goes to --out.
 
@@ -71,6 +74,12 @@ def run(args, width: int) -> dict:
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps).detach() * norm.weight
 
         norm.forward = rms_held
+    if args.conv_norm == "equal":
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("_conv1d.weight"):
+                    norms = p.reshape(p.shape[0], -1).norm(dim=1)
+                    p.mul_((norms.mean() / norms).reshape(-1, *[1] * (p.dim() - 1)))
     frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -99,7 +108,8 @@ def run(args, width: int) -> dict:
         "options": args.option
         + (["detach_final_rms"] if args.detach_final_rms else [])
         + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else [])
-        + (["qkv_act=none"] if args.qkv_act == "none" else []),
+        + (["qkv_act=none"] if args.qkv_act == "none" else [])
+        + (["conv_norm=equal"] if args.conv_norm == "equal" else []),
         "set": args.set,
         "frozen": len(frozen),
         "diverged_at": diverged,
@@ -127,6 +137,7 @@ def main():
     ap.add_argument("--detach-final-rms", action="store_true")
     ap.add_argument("--recurrence", choices=["delta", "linear"], default="delta")
     ap.add_argument("--qkv-act", choices=["silu", "none"], default="silu")
+    ap.add_argument("--conv-norm", choices=["init", "equal"], default="init")
     ap.add_argument("-o", "--out", required=True)
     per_width(ap.parse_args(), run, report)
 
