@@ -216,9 +216,8 @@ class Engine:
         the node."""
         name, x = node.name, self.x[node.name]
         parts: dict[str, list] = {}
-        for i, u in enumerate(node.inputs):
-            if node.op in ("linear", "embedding"):
-                break
+        inputs = () if node.op in ("linear", "embedding") else node.inputs
+        for i, u in enumerate(inputs):
             for q, v in self.carried.get(u, {}).items():
                 if node.op == "add":
                     part = v
@@ -364,16 +363,17 @@ class Engine:
         beta, rho = self.beta(p), self.rho(p)
         xu, du = self.X(u), self.D(u)
         corr = p in self.lineage[u]
-        gain = e_c if corr else e_c / 2
-        fact = (R.F_LLN if corr else R.F_CLT).format(dims=dims, e=e_c)
-        xs = [Term(-beta + xu + gain, f"-beta[{p}] + x({u}) + {gain}", fact, (("beta", p), ("x", u)))]
-        share = self._subs(self.carried[u][p] - xu) if corr else ZERO
-        if share.is_number and share < 0:  # only the part of u that p carries is correlated with p
-            part = R.F_LLN.format(dims=dims, e=e_c) + f"; {u} carries {p} only as a part n^({share}) of it"
-            xs = [Term(-beta + xu + share + e_c, f"-beta[{p}] + x({u}) + {share} + {e_c}", part,
+        own = self._subs(self.carried[u][p] - xu) if corr else ZERO  # p's part of u, relative to u
+        if own.is_number and own < 0:  # only the part of u that p carries is correlated with p
+            part = R.F_LLN.format(dims=dims, e=e_c) + f"; {u} carries {p} only as a part n^({own}) of it"
+            xs = [Term(-beta + xu + own + e_c, f"-beta[{p}] + x({u}) + {own} + {e_c}", part,
                        (("beta", p), ("x", u))),
                   Term(-beta + xu + e_c / 2, f"-beta[{p}] + x({u}) + {e_c / 2}",
                        R.F_CLT.format(dims=dims, e=e_c), (("beta", p), ("x", u)))]
+        else:
+            gain = e_c if corr else e_c / 2
+            fact = (R.F_LLN if corr else R.F_CLT).format(dims=dims, e=e_c)
+            xs = [Term(-beta + xu + gain, f"-beta[{p}] + x({u}) + {gain}", fact, (("beta", p), ("x", u)))]
         w_dx = R.w_dx_gain(e_c, e_o)
         ds = []
         if self._mode != "a":  # W . Delta x follows the gradient at x (all its consumers'), not this node's

@@ -93,6 +93,13 @@ def measure(module, width: int, steps: int, optimizer: str, lr: float, seed: int
     return out
 
 
+def finite_nodes(graph) -> dict[str, int]:
+    """{node: feature count} for the nodes whose dims are all finite (logits, per-head gates), which _size
+    measures by their largest feature per position."""
+    return {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
+            if node.dims and not graph.width_dims(node.dims)}
+
+
 def geomean(values) -> float:
     """Geometric mean (a zero counts as 1e-300: the log-log fits stay finite)."""
     values = list(values)
@@ -154,8 +161,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
     config = {"derived_norm_eps": True} if derived_norm_eps else None
     if config and not norm_eps_switch(module):
         raise ValueError(f"{graph.name}: --derived-norm-eps, but the model has no norm eps rule")
-    finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
-              if node.dims and not graph.width_dims(node.dims)}
+    finite = finite_nodes(graph)
     runs = {}
     total = len(widths) * seeds
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

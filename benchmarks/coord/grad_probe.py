@@ -15,7 +15,6 @@ show do (each hidden matmul multiplies by std * sqrt(n), 0.16 at width 64 with 0
 """
 
 import argparse
-import math
 
 import torch
 from mudelta.codegen import generate, load_module
@@ -69,9 +68,7 @@ def main():
     module = load_module(generate(graph, args.optimizer, args.parametrization, base_width=widths[0]), "gp")
     if hasattr(module, "chunk_gated_delta_rule"):  # as the coord check: the PyTorch recurrence, in float64
         module.chunk_gated_delta_rule = chunk_gated_delta_rule_torch
-    # sizes as the coord check takes them (a node with only finite dims: the largest feature per position)
-    finite = {n: math.prod(graph.dims[x].size(1) for x in node.dims) for n, node in graph.nodes.items()
-              if node.dims and not graph.width_dims(node.dims)}
+    finite = coord.finite_nodes(graph)  # sizes as the coord check takes them
     runs = [[grads(module, w, s, args.batch, args.seq, finite) for s in range(args.seeds)] for w in widths]
     print(f"{args.spec} {args.parametrization}, std {builders.STD}: rms(dL/d node) at init, "
           f"widths {args.widths}, {args.seeds} seeds")
