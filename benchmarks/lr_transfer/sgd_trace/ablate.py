@@ -19,7 +19,7 @@ the path by which the tied readout aligns the backward with the forward at init 
 aligned part comes from").
 
 --conv-norm equal rescales every channel's short-convolution kernel (q, k and v) at init to the mean norm
-over its channels: the runaway channels of addendum 8 start with the largest v kernels (addendum 9).
+over its channels: the runaway channels of addendum 8 start with the largest v kernels (addendum 10).
 
 and prints, per width, the final train loss or the step at which the loss first rose 2 nats above its first
 value (the sweep's divergence test). One JSON line per width goes to --out.
