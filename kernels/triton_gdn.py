@@ -423,10 +423,13 @@ def _bwd_state(
     dht,
     cu,
     chunk_off,
+    seg,
     scale,
     dh_out,
     du_out,
     dh0_out,
+    seg_e,
+    seg_m,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -434,45 +437,97 @@ def _bwd_state(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
+    PREC_S: tl.constexpr,
     HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
+    MODE: tl.constexpr,
+    SEGMENTED: tl.constexpr,
 ):
-    """Reversed recurrence of the state gradient: dS at every chunk end; completes dU (du_out holds the
-    local part from _bwd_du_local and is overwritten with the whole)."""
+    """Reversed recurrence of the state gradient over the chunks of one segment of a sequence (a whole
+    sequence unless it is split, see _segments): dS at every chunk end; completes dU (du_out holds the local
+    part from _bwd_du_local and is overwritten with the whole).
+
+    A chunk maps the gradient affinely, dS -> (e^gam_last I - W^T Kd) dS + Q^T dO~ - W^T dU_local, so a
+    segment maps the dS entering it from the later chunks to M dS + E, as in _fwd_state but in reverse.
+    MODE "run": the recurrence with its stores; a segment before the last starts from the last segment's E,
+    then E_j + M_j dS over the later segments j of its sequence (read from seg_e, seg_m).
+    MODE "end": E of every segment but the first (the last starts from dht), nothing else stored.
+    MODE "map": M of the segments an earlier one needs (not the first, not the last), into seg_m; launched
+    with V = K: dS is the K x K identity and dO, dU_local are 0."""
     i_v = tl.program_id(0)
-    i_nh = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
+    i_sh = tl.program_id(1)
+    i_s = i_sh // H
+    i_h = i_sh % H
+    i_n = tl.load(seg + 3 * i_s)
+    rank = tl.load(seg + 3 * i_s + 1)
+    cs = tl.load(seg + 3 * i_s + 2)  # chunks per segment of this sequence
     bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
+    nseg = tl.maximum(tl.cdiv(NC, cs), 1)
+    c_lo = rank * cs
+    c_hi = tl.minimum(c_lo + cs, NC)
     cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
+    h_base = i_n.to(tl.int64) * H + i_h
     DT = dh_out.dtype.element_ty
 
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
+    if MODE == "map":
+        # only the segments between the first and the last are needed
+        c_hi = tl.where((rank > 0) & (rank < nseg - 1), c_hi, c_lo)
+        b_dh = tl.where(cols_k[:, None] == cols_v[None, :], 1.0, 0.0)
+    else:
+        if MODE == "end":  # the first segment's end is never read
+            c_hi = tl.where(rank > 0, c_hi, c_lo)
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_DHT:
+            if rank == nseg - 1:
+                b_dh += tl.load(dht + h_base * K * V + kv_off, mask=m_kv, other=0.0).to(tl.float32)
+        if MODE == "run" and SEGMENTED:
+            if rank < nseg - 1:
+                s0 = i_s.to(tl.int64) - rank  # the sequence's first segment
+                b_dh += tl.load(seg_e + ((s0 + nseg - 1) * H + i_h) * K * V + kv_off, mask=m_kv, other=0.0)
+                m_off = cols_k[:, None] * K + cols_k[None, :]
+                m_kk = (cols_k < K)[:, None] & (cols_k < K)[None, :]
+                for jj in range(rank + 1, nseg - 1):
+                    p = (s0 + rank + nseg - 1 - jj) * H + i_h  # segments nseg - 2 down to rank + 1
+                    b_m = tl.load(seg_m + p * K * K + m_off, mask=m_kk, other=0.0)
+                    b_e = tl.load(seg_e + p * K * V + kv_off, mask=m_kv, other=0.0)
+                    b_dh = b_e + _mm_inv(b_m, b_dh, PREC_S)
     # q, k and w enter the products as loaded: the decays scale rows of a result or of dO instead (no
     # rounded decayed copies of q and k, fewer live registers along the chain)
-    for cc in range(0, NC):
-        c = NC - 1 - cc
+    for cc in range(c_lo, c_hi):
+        c = c_lo + c_hi - 1 - cc
         t0, L, rows, tok, m_t = _chunk_rows(bos + c * BT, eos, BT)
         tk_off, m_tk = _toff(tok, i_h, cols_k, m_t, H, K)
-        tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
         b_gam, g_last = _gam(gam, tok, m_t, t0, L, H, i_h)
-        b_dhc = b_dh.to(DT)
-        tl.store(dh_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_dhc, mask=m_kv)
-        b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(DT)
-        b_du = tl.load(du_out + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_du += tl.dot(b_k, b_dhc, input_precision=PREC) * tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
-        b_duc = b_du.to(DT)
-        tl.store(du_out + tv_off, b_duc, mask=m_tv)
-        b_q = tl.load(q + tk_off, mask=m_tk, other=0.0).to(DT)
-        b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(tl.float32)
-        b_doe = (b_do * (scale * tl.exp(b_gam))[:, None]).to(DT)
-        b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(DT)
-        b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_q), b_doe, input_precision=PREC)
-        b_dh -= tl.dot(tl.trans(b_w), b_duc, input_precision=PREC)
-    if STORE_DH0:
-        tl.store(dh0_out + i_nh.to(tl.int64) * K * V + kv_off, b_dh, mask=m_kv)
+        b_kd = tl.where(m_t, tl.exp(g_last - b_gam), 0.0)[:, None]
+        if MODE == "map":
+            b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(tl.float32)
+            b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(tl.float32)
+            b_du = _mm_inv(b_k, b_dh, PREC_S) * b_kd
+            b_dh = b_dh * tl.exp(g_last) - _mm_inv(tl.trans(b_w), b_du, PREC_S)
+        else:
+            tv_off, m_tv = _toff(tok, i_h, cols_v, m_t, H, V)
+            b_dhc = b_dh.to(DT)
+            if MODE == "run":
+                tl.store(dh_out + ((c0 + c) * H + i_h) * K * V + kv_off, b_dhc, mask=m_kv)
+            b_k = tl.load(k + tk_off, mask=m_tk, other=0.0).to(DT)
+            b_du = tl.load(du_out + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+            b_du += tl.dot(b_k, b_dhc, input_precision=PREC) * b_kd
+            b_duc = b_du.to(DT)
+            if MODE == "run":
+                tl.store(du_out + tv_off, b_duc, mask=m_tv)
+            b_q = tl.load(q + tk_off, mask=m_tk, other=0.0).to(DT)
+            b_do = tl.load(do + tv_off, mask=m_tv, other=0.0).to(tl.float32)
+            b_doe = (b_do * (scale * tl.exp(b_gam))[:, None]).to(DT)
+            b_w = tl.load(w + tk_off, mask=m_tk, other=0.0).to(DT)
+            b_dh = b_dh * tl.exp(g_last) + tl.dot(tl.trans(b_q), b_doe, input_precision=PREC)
+            b_dh -= tl.dot(tl.trans(b_w), b_duc, input_precision=PREC)
+    if MODE == "end":
+        tl.store(seg_e + (i_s.to(tl.int64) * H + i_h) * K * V + kv_off, b_dh, mask=m_kv)
+    elif MODE == "map":
+        tl.store(seg_m + (i_s.to(tl.int64) * H + i_h) * K * K + kv_off, b_dh, mask=m_kv)
+    elif STORE_DH0:
+        if rank == 0:
+            tl.store(dh0_out + h_base * K * V + kv_off, b_dh, mask=m_kv)
 
 
 @triton.jit
@@ -714,7 +769,9 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
     "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=False),
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
-    "bwd_state": dict(BV=64, num_warps=4, num_stages=1),
+    # segment: the gradient recurrence split into segments as the forward's (_segments); off until checked on
+    # a GPU (benchmarks/NOTES.md, "Segment-parallel backward state")
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, segment=False),
     "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
     "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
     "decode": dict(BV=32, num_warps=2, num_stages=1),
@@ -728,7 +785,7 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
 FIXED_BV = {"prepare": 64, "state": 64, "output": 64, "bwd_du_local": 64, "bwd_state": 64}
 
 
-FLAGS = ("lowp", "fuse_o")  # CONFIG entries that are not launch parameters
+FLAGS = ("lowp", "fuse_o", "segment")  # CONFIG entries that are not launch parameters
 
 
 def _cfg(name, V):
@@ -786,10 +843,11 @@ SEGMENT_FILL = 2  # aim at this many programs per multiprocessor
 SEGMENT_MIN = 16  # chunks per segment at least, unless forced
 
 
-def _segments(T, H, V, cu_seqlens, cu, device):
-    """Segment table [nseg, 3] int32 (sequence, rank in it, chunks per segment of it) and nseg."""
+def _segments(T, H, V, cu_seqlens, cu, device, split=True):
+    """Segment table [nseg, 3] int32 (sequence, rank in it, chunks per segment of it) and nseg; split=False:
+    one segment per sequence."""
     N = cu.numel() - 1
-    cs = SEGMENT_CHUNKS
+    cs = SEGMENT_CHUNKS if split else 0
     if cs is None and device.type == "cuda":
         programs = N * H * triton.cdiv(V, FIXED_BV["state"])
         want = SEGMENT_FILL * torch.cuda.get_device_properties(device).multi_processor_count // programs
@@ -906,14 +964,23 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         lambda bv: (NCt, H),
         *(q, k, gam, do, cu, chunk_seq, chunk_pos, scale, du),
     )
-    run(
-        _bwd_state,
-        "bwd_state",
-        lambda bv: (triton.cdiv(V, bv), N * H),
-        *(q, k, w, gam, do, _or(dht, q), cu, chunk_off, scale, dh, du, _or(dh0, q)),
+    varlen = cu if N != B else None
+    seg, nseg = _segments(T, H, V, varlen, cu, q.device, split=CONFIG["bwd_state"].get("segment", False))
+    segmented = nseg > N
+    seg_e = run.empty(nseg, H, K, V, dtype=torch.float32) if segmented else q
+    seg_m = run.empty(nseg, H, K, K, dtype=torch.float32) if segmented else q
+    args = (q, k, w, gam, do, _or(dht, q), cu, chunk_off, seg, scale, dh, du, _or(dh0, q), seg_e, seg_m)
+    const = dict(
+        PREC_S=_prec_inv(q.dtype),
         HAS_DHT=dht is not None,
         STORE_DH0=dh0 is not None,
+        SEGMENTED=segmented,
     )
+    grid_v, grid_k = (lambda bv: (triton.cdiv(V, bv), nseg * H)), (lambda bv: (triton.cdiv(K, bv), nseg * H))
+    if segmented:  # segments' end gradients and maps first (independent launches), then the recurrence
+        run(_bwd_state, "bwd_state", grid_v, *args, MODE="end", **const)
+        run(_bwd_state, "bwd_state", grid_k, *args, MODE="map", V_=K, **const)
+    run(_bwd_state, "bwd_state", grid_v, *args, MODE="run", **const)
     dq = run.empty(*q.shape, dtype=q.dtype)
     dk_part, dw = run.empty(*k.shape), run.empty(*k.shape)
     dgam = run.empty(B, T, H, dtype=torch.float32)

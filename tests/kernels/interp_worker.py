@@ -111,6 +111,7 @@ def run_case(name):
     )
     decode = extra.get("decode", False)
     triton_gdn.SEGMENT_CHUNKS = extra.get("segment")
+    triton_gdn.CONFIG["bwd_state"]["segment"] = "segment" in extra  # the backward's segments as well
 
     def fn(
         q,
