@@ -69,8 +69,11 @@ def make_inputs(B, T, H, K, V, dtype, device="cpu", regime="normal", h0=True, n_
     return {n: (t.to(device) if t is not None else None) for n, t in out.items()}
 
 
-def run_and_grad(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, do=None, dht=None, **kw):
-    """Call fn like chunk_gated_delta_rule; return (outputs and gradients by name, do, dht)."""
+def run_and_grad(
+    fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, do=None, dht=None, grad_scale=1.0, **kw
+):
+    """Call fn like chunk_gated_delta_rule; return (outputs and gradients by name, do, dht). Without do and
+    dht given, both are standard normal times grad_scale (a small one probes the gradients' range)."""
     names = ["q", "k", "v", "g", "beta", "h0"]
     leaves = {
         n: (inp[n].detach().clone().requires_grad_(grads) if inp[n] is not None else None) for n in names
@@ -92,8 +95,8 @@ def run_and_grad(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True,
     res = {"o": o.detach(), "ht": ht.detach()}
     if grads:
         if do is None:
-            do = torch.randn_like(o, dtype=torch.float32).to(o.dtype)
-            dht = torch.randn_like(ht, dtype=torch.float32)
+            do = (torch.randn_like(o, dtype=torch.float32) * grad_scale).to(o.dtype)
+            dht = torch.randn_like(ht, dtype=torch.float32) * grad_scale
         loss = (o.double() * do.double()).sum() + (ht.double() * dht.double()).sum()
         loss.backward()
         for n in names:
@@ -102,9 +105,11 @@ def run_and_grad(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True,
     return res, do, dht
 
 
-def compare(fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, ref_fn=None, **kw):
+def compare(
+    fn, inp, scale=None, cu_seqlens=None, l2norm=False, grads=True, ref_fn=None, grad_scale=1.0, **kw
+):
     """Error ratios of fn against a float64 reference (default: the naive recurrence) on the same inputs."""
-    out, do, dht = run_and_grad(fn, inp, scale, cu_seqlens, l2norm, grads, **kw)
+    out, do, dht = run_and_grad(fn, inp, scale, cu_seqlens, l2norm, grads, grad_scale=grad_scale, **kw)
     inp64 = {n: (t.double() if t is not None else None) for n, t in inp.items()}
     ref, _, _ = run_and_grad(
         ref_fn or naive_recurrent_gated_delta_rule,

@@ -448,7 +448,8 @@ def _bwd_state(
     part from _bwd_du_local and is overwritten with the whole).
 
     A chunk maps the gradient affinely, dS -> (e^gam_last I - W^T Kd) dS + Q^T dO~ - W^T dU_local, so a
-    segment maps the dS entering it from the later chunks to M dS + E, as in _fwd_state but in reverse.
+    segment maps the dS entering it from the later chunks to M dS + E, as in _fwd_state but in reverse. The
+    maps (identity-scale) take PREC_S operands; applying them to a dS, which has no fixed scale, takes PREC.
     MODE "run": the recurrence with its stores; a segment before the last starts from the last segment's E,
     then E_j + M_j dS over the later segments j of its sequence (read from seg_e, seg_m).
     MODE "end": E of every segment but the first (the last starts from dht), nothing else stored.
@@ -490,7 +491,8 @@ def _bwd_state(
                     p = (s0 + rank + nseg - 1 - jj) * H + i_h  # segments nseg - 2 down to rank + 1
                     b_m = tl.load(seg_m + p * K * K + m_off, mask=m_kk, other=0.0)
                     b_e = tl.load(seg_e + p * K * V + kv_off, mask=m_kv, other=0.0)
-                    b_dh = b_e + _mm_inv(b_m, b_dh, PREC_S)
+                    # a gradient has no fixed scale: tf32/ieee keeps float32's range (fp16 would not)
+                    b_dh = b_e + tl.dot(b_m, b_dh, input_precision=PREC)
     # q, k and w enter the products as loaded: the decays scale rows of a result or of dO instead (no
     # rounded decayed copies of q and k, fewer live registers along the chain)
     for cc in range(c_lo, c_hi):
