@@ -51,6 +51,8 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.95])  # Adam(W)
     eps: float = 1e-8  # Adam(W), scaled per group by the generated rules
     momentum: float = 0.9  # SGD with Nesterov momentum
+    # SGD-Nesterov: per parameter kind (input, hidden, output, scalar), its own momentum, e.g. {input: 0.0}
+    momentum_by_kind: dict = field(default_factory=dict)
     seed: int = 0  # model init and data order
     dtype: str = "bf16"  # bf16 autocast on CUDA (fp32 turns it off); CPU always runs float32
     compile: bool = False  # torch.compile the model
@@ -89,8 +91,9 @@ class Config:
             "device",
         ):
             d["train"].pop(key)
-        if not d["train"]["lr_multipliers"]:  # absent and empty hash alike (runs from before the field)
-            d["train"].pop("lr_multipliers")
+        for key in ("lr_multipliers", "momentum_by_kind"):  # absent and empty hash alike (older runs)
+            if not d["train"][key]:
+                d["train"].pop(key)
         if not d["model"]["derived_norm_eps"]:  # likewise for the norm eps rule, off by default
             d["model"].pop("derived_norm_eps")
         d.pop("out")
@@ -102,6 +105,7 @@ class Config:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 FACTORS = {("model", "multipliers"): "readout", ("train", "lr_multipliers"): "hidden"}  # field -> example key
+KINDS = ("input", "hidden", "output", "scalar")  # the generated rules' parameter kinds
 
 
 def _coerce(value, current, key: str, where: str):
@@ -180,6 +184,25 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
             if not factors[str(k)] > 0 or math.isinf(factors[str(k)]):
                 raise ConfigError(f"{where}{parts[0]}.{parts[1]}.{k}: expected a positive number, got {v!r}")
         setattr(section, parts[1], {**getattr(section, parts[1]), **factors})
+        return
+    if (parts[0], parts[1]) == ("train", "momentum_by_kind"):  # kind -> momentum in [0, 1)
+        value = {".".join(parts[2:]): value} if len(parts) > 2 else value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}: expected a mapping of parameter kinds to momenta, e.g. "
+                              "{input: 0.0}")
+        momenta = {}
+        for k, v in value.items():
+            name = f"{where}train.momentum_by_kind.{k}"
+            if str(k) not in KINDS:
+                raise ConfigError(f"{name}: unknown parameter kind; kinds: {', '.join(KINDS)}")
+            try:
+                m = float(v) if not isinstance(v, bool) else math.nan
+            except (TypeError, ValueError):
+                m = math.nan
+            if not 0 <= m < 1:
+                raise ConfigError(f"{name}: expected a momentum in [0, 1), got {v!r}")
+            momenta[str(k)] = m
+        section.momentum_by_kind = {**section.momentum_by_kind, **momenta}
         return
     if len(parts) > 2:
         raise ConfigError(f"{where}{key}: {parts[0]}.{parts[1]} has no sub-keys")

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .data import Batches, TokenData, val_batches
 from .models import flops_per_token, make_optimizer, model_class, norm_eps_switch, render
 
@@ -114,6 +114,30 @@ class _Dist:
     def close(self):
         if self.on and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def optimizer_for(cfg: Config, module, model):
+    """The optimizer over the model's derived param groups (each keeps its base lr for the schedule); with
+    train.momentum_by_kind, the groups are split by parameter kind and each kind named takes its own momentum
+    (SGD-Nesterov only)."""
+    t = cfg.train
+    groups = model.param_groups(t.lr, weight_decay=t.weight_decay, eps=t.eps, lr_multipliers=t.lr_multipliers)
+    if t.momentum_by_kind:
+        if cfg.model.optimizer != "sgd-nesterov":
+            raise ConfigError(f"train.momentum_by_kind: for sgd-nesterov, not {cfg.model.optimizer}")
+        split = []
+        for g in groups:
+            kinds = [module.rule_for(n).kind for n in g["names"]]
+            for kind in dict.fromkeys(kinds):
+                part = [i for i, k in enumerate(kinds) if k == kind]
+                momentum = t.momentum_by_kind.get(kind, t.momentum)
+                params, names = [g["params"][i] for i in part], [g["names"][i] for i in part]
+                split.append(g | {"params": params, "names": names, "momentum": momentum})
+                split[-1]["nesterov"] = momentum > 0
+        groups = split
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return make_optimizer(cfg.model.optimizer, groups, t.lr, momentum=t.momentum, betas=t.betas)
 
 
 def build_model(cfg: Config, vocab: int | None, workdir: Path):
@@ -216,12 +240,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         n_params = sum(p.numel() for p in model.parameters())
         model = _wrap(model, cfg, dev)
         inner = model.module if hasattr(model, "module") else model
-        groups = inner.param_groups(
-            t.lr, weight_decay=t.weight_decay, eps=t.eps, lr_multipliers=t.lr_multipliers
-        )
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        opt = make_optimizer(cfg.model.optimizer, groups, t.lr, momentum=t.momentum, betas=t.betas)
+        opt = optimizer_for(cfg, module, inner)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         step, best, metrics_mode = 0, math.inf, "w"
         init_loss = val_loss = None

@@ -14,7 +14,7 @@ from mudelta.runtime.checkpoint import CheckpointError
 from mudelta.runtime.cli import main
 from mudelta.runtime.config import ConfigError, load_config
 from mudelta.runtime.models import norm_eps_switch
-from mudelta.runtime.train import build_model, lr_factor, run
+from mudelta.runtime.train import build_model, lr_factor, optimizer_for, run
 
 
 def losses(out):
@@ -126,6 +126,40 @@ def test_base_width_multipliers_from_the_config(byte_data, tmp_path):
             load_config(None, tiny_overrides(byte_data, tmp_path / "b", **{"model.multipliers.nope": "2"})),
             progress=False,
         )
+
+
+def test_momentum_per_parameter_kind(byte_data, tmp_path):
+    """train.momentum_by_kind splits the derived groups by kind and gives each kind named its own momentum
+    (sgd_trace.md addendum 11: no momentum on the input-like groups, whose SGD lr grows with width)."""
+    over = {"model.optimizer": "sgd-nesterov", "train.lr": "0.05"}
+    base = load_config(None, tiny_overrides(byte_data, tmp_path, **over))
+    over_input = {**over, "train.momentum_by_kind.input": "0"}
+    cfg = load_config(None, tiny_overrides(byte_data, tmp_path, **over_input))
+    assert cfg.train.momentum_by_kind == {"input": 0.0}
+    assert "momentum_by_kind" not in base.trajectory()["train"]  # hashes of runs from before the key are kept
+    assert base.trajectory_hash() != cfg.trajectory_hash()
+    module, model = build_model(cfg, 256, tmp_path / "m")
+    opt = optimizer_for(cfg, module, model)
+    seen = set()
+    for g in opt.param_groups:
+        kinds = {module.rule_for(n).kind for n in g["names"]}
+        assert len(kinds) == 1, g["names"]  # one kind per group
+        kind = kinds.pop()
+        seen.add(kind)
+        assert g["momentum"] == (0.0 if kind == "input" else 0.9) and g["nesterov"] == (kind != "input")
+        assert g["base_lr"] == g["lr"]
+    assert seen >= {"input", "hidden"}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    plain = {n: g["lr"] for g in optimizer_for(base, module, model).param_groups for n in g["names"]}
+    assert plain == {n: g["lr"] for g in opt.param_groups for n in g["names"]}  # lrs unchanged
+    with pytest.raises(ConfigError, match="train.momentum_by_kind.inptu: unknown parameter kind"):
+        load_config(None, ["train.momentum_by_kind.inptu=0"])
+    with pytest.raises(ConfigError, match=r"train.momentum_by_kind.input: expected a momentum in \[0, 1\)"):
+        load_config(None, ["train.momentum_by_kind.input=1.5"])
+    adamw = load_config(None, tiny_overrides(byte_data, tmp_path, **{"train.momentum_by_kind.input": "0"}))
+    with pytest.raises(ConfigError, match="momentum_by_kind: for sgd-nesterov, not adamw"):
+        optimizer_for(adamw, module, model)
+    assert not run(cfg, progress=False)["diverged"]
 
 
 def test_lr_multipliers_per_parameter_kind(byte_data, tmp_path):
