@@ -4,7 +4,8 @@
 # Prepares py-bpe8k (the machine's site-packages and stdlib .py files; deterministic, the same tokens as
 # py400q), then runs every JOB ("seed width lr[,lr...]") as its own `mudelta sweep` at once, muP, optimizer OPT
 # (default adamw; sgd, sgd-nesterov), alpha 8, one norm eps, rows into DIR/s<seed>_w<width>/results.jsonl (DIR
-# default benchmarks/lr_transfer/py400seeds). CHECK=1 also runs the kernels' GPU check (benchmarks/kernels.py
+# default benchmarks/lr_transfer/py400seeds). EXTRA holds more --set overrides for every trial (e.g.
+# "--set train.momentum_by_kind.input=0"). CHECK=1 also runs the kernels' GPU check (benchmarks/kernels.py
 # --check --skip-fp32) beside them. Stops UNTIL seconds after the start.
 set -uo pipefail
 UNTIL=${1:?seconds}
@@ -25,7 +26,7 @@ if [ "${CHECK:-0}" = 1 ]; then
 fi
 SET="--set data.path=data/py-bpe8k --set train.steps=400 --set train.warmup=40 --set train.eval_every=100
      --set train.ckpt_every=0 --set model.multipliers.readout=8 --set sweep.parametrizations=[mup]
-     --set sweep.optimizers=[$OPT]"
+     --set sweep.optimizers=[$OPT] ${EXTRA:-}"
 IFS=';' read -ra LIST <<<"$JOBS"
 for job in "${LIST[@]}"; do
     read -r seed width lrs <<<"$job"
