@@ -170,6 +170,11 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
             raise ConfigError(f"{where}{key}: expected a mapping of preset options, e.g. {{layers: 8}}")
         section.options = {**section.options, **{str(k): _option(v) for k, v in value.items()}}
         return
+    if len(parts) == 2 and isinstance(value, str) and isinstance(getattr(section, parts[1]), dict):
+        try:  # a whole mapping on the command line: --set train.lr_multipliers="{hidden: 2}"
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}{key}: cannot parse {value!r}: {exc}") from None
     if (parts[0], parts[1]) in FACTORS:  # name -> positive number
         value = {".".join(parts[2:]): value} if len(parts) > 2 else value
         if not isinstance(value, dict):

@@ -116,15 +116,19 @@ class _Dist:
             dist.destroy_process_group()
 
 
+def _check_momentum_by_kind(cfg: Config) -> None:
+    if cfg.train.momentum_by_kind and cfg.model.optimizer != "sgd-nesterov":
+        raise ConfigError(f"train.momentum_by_kind: for sgd-nesterov, not {cfg.model.optimizer}")
+
+
 def optimizer_for(cfg: Config, module, model):
     """The optimizer over the model's derived param groups (each keeps its base lr for the schedule); with
     train.momentum_by_kind, the groups are split by parameter kind and each kind named takes its own momentum
     (SGD-Nesterov only)."""
     t = cfg.train
+    _check_momentum_by_kind(cfg)
     groups = model.param_groups(t.lr, weight_decay=t.weight_decay, eps=t.eps, lr_multipliers=t.lr_multipliers)
     if t.momentum_by_kind:
-        if cfg.model.optimizer != "sgd-nesterov":
-            raise ConfigError(f"train.momentum_by_kind: for sgd-nesterov, not {cfg.model.optimizer}")
         split = []
         for g in groups:
             kinds = [module.rule_for(n).kind for n in g["names"]]
@@ -218,6 +222,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     )
 
     t = cfg.train
+    _check_momentum_by_kind(cfg)  # before anything is written
     out = Path(cfg.out)
     dev = _Dist(t.device)
     try:
@@ -248,7 +253,12 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         if path is not None:
             model_sd, opt_sd, meta = checkpoint.load(path, cfg.trajectory_hash(), cfg.trajectory())
             set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))
-            set_optimizer_state_dict(model, opt, opt_sd, options=StateDictOptions(full_state_dict=True))
+            # plain SGD keeps no optimizer state, and a group with momentum 0 none for its parameters (the
+            # config, checked by its hash, rebuilds the groups; the schedule sets their lrs)
+            if opt_sd.get("state"):
+                set_optimizer_state_dict(
+                    model, opt, opt_sd, options=StateDictOptions(full_state_dict=True, strict=False)
+                )
             checkpoint.set_rng_state(meta["rng_tensors"], meta["rng"])
             step, best, init_loss = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("init_loss")
             metrics_mode = "a"

@@ -50,6 +50,25 @@ def test_resume_is_bit_exact(byte_data, tmp_path):
     assert run(cfg_b, resume=True, progress=False)["final_val_loss"] == result["final_val_loss"]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model.optimizer": "sgd"},  # no optimizer state at all
+        {"model.optimizer": "sgd-nesterov", "train.momentum_by_kind.input": "0"},  # none for the input kind
+    ],
+    ids=["sgd", "no-momentum-input"],
+)
+def test_resume_is_bit_exact_without_optimizer_state(byte_data, tmp_path, extra):
+    extra = {**extra, "train.lr": "0.05"}
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(load_config(None, tiny_overrides(byte_data, a, **extra, **{"train.ckpt_every": 3})), progress=False)
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "checkpoints" / "step_00000006")
+    (b / "checkpoints" / "latest").write_text("step_00000003\n")
+    run(load_config(None, tiny_overrides(byte_data, b, **extra)), resume=True, progress=False)
+    assert losses(a) == losses(b)
+
+
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
     out = tmp_path / "run"
     run(load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2})), progress=False)
@@ -156,9 +175,15 @@ def test_momentum_per_parameter_kind(byte_data, tmp_path):
         load_config(None, ["train.momentum_by_kind.inptu=0"])
     with pytest.raises(ConfigError, match=r"train.momentum_by_kind.input: expected a momentum in \[0, 1\)"):
         load_config(None, ["train.momentum_by_kind.input=1.5"])
-    adamw = load_config(None, tiny_overrides(byte_data, tmp_path, **{"train.momentum_by_kind.input": "0"}))
+    whole = load_config(None, ["train.momentum_by_kind={input: 0, scalar: 0.5}"])  # a mapping at once
+    assert whole.train.momentum_by_kind == {"input": 0.0, "scalar": 0.5}
+    adamw = load_config(None, tiny_overrides(byte_data, tmp_path / "adamw", **over_input))
+    adamw.model.optimizer = "adamw"
     with pytest.raises(ConfigError, match="momentum_by_kind: for sgd-nesterov, not adamw"):
         optimizer_for(adamw, module, model)
+    with pytest.raises(ConfigError, match="momentum_by_kind: for sgd-nesterov, not adamw"):
+        run(adamw, progress=False)
+    assert not (tmp_path / "adamw").exists()  # refused before anything is written
     assert not run(cfg, progress=False)["diverged"]
 
 
