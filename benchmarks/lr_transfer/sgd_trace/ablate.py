@@ -21,11 +21,6 @@ aligned part comes from").
 --conv-norm equal rescales every channel's short-convolution kernel (q, k and v) at init to the mean norm
 over its channels: the runaway channels of addendum 8 start with the largest v kernels (addendum 10).
 
---no-momentum KIND (repeatable) steps the param groups of that kind without momentum, the others with the
-optimizer's: growing, the groups whose learning rate grows with width (c < 0: the tied embedding, the norm
-gains, the conv1d kernels); constant (c = 0: the hidden matrices, dt_bias, A_log); shrinking (c > 0: the gate
-projections a_proj, b_proj) (addendum 11).
-
 and prints, per width, the final train loss or the step at which the loss first rose 2 nats above its first
 value (the sweep's divergence test). One JSON line per width goes to --out.
 
@@ -85,10 +80,6 @@ def run(args, width: int) -> dict:
                 if n.endswith("_conv1d.weight"):
                     norms = p.reshape(p.shape[0], -1).norm(dim=1)
                     p.mul_((norms.mean() / norms).reshape(-1, *[1] * (p.dim() - 1)))
-    for g in opt.param_groups:
-        c = module.rule_for(g["names"][0]).c
-        if ("growing" if c < 0 else "constant" if c == 0 else "shrinking") in args.no_momentum:
-            g["momentum"], g["nesterov"] = 0.0, False
     frozen = [n for n, p in model.named_parameters() if any(n.endswith(s) for f in parts.values() for s in f)]
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -118,8 +109,7 @@ def run(args, width: int) -> dict:
         + (["detach_final_rms"] if args.detach_final_rms else [])
         + ([f"recurrence={args.recurrence}"] if args.recurrence != "delta" else [])
         + (["qkv_act=none"] if args.qkv_act == "none" else [])
-        + (["conv_norm=equal"] if args.conv_norm == "equal" else [])
-        + [f"no_momentum={kind}" for kind in args.no_momentum],
+        + (["conv_norm=equal"] if args.conv_norm == "equal" else []),
         "set": args.set,
         "frozen": len(frozen),
         "diverged_at": diverged,
@@ -148,13 +138,6 @@ def main():
     ap.add_argument("--recurrence", choices=["delta", "linear"], default="delta")
     ap.add_argument("--qkv-act", choices=["silu", "none"], default="silu")
     ap.add_argument("--conv-norm", choices=["init", "equal"], default="init")
-    ap.add_argument(
-        "--no-momentum",
-        action="append",
-        default=[],
-        choices=["growing", "constant", "shrinking"],
-        help="step the groups of this kind (lr grows with width, is constant, shrinks) without momentum",
-    )
     ap.add_argument("-o", "--out", required=True)
     per_width(ap.parse_args(), run, report)
 

@@ -25,8 +25,7 @@ import torch
 from mudelta.runtime.config import load_config
 from mudelta.runtime.coord import _size
 from mudelta.runtime.data import Batches, TokenData, val_batches
-from mudelta.runtime.models import make_optimizer
-from mudelta.runtime.train import build_model, schedule
+from mudelta.runtime.train import build_model, optimizer_for, schedule
 
 
 def key(name: str) -> str:
@@ -59,10 +58,7 @@ def setup(args, width: int):
     data = TokenData(cfg.data.path)
     torch.manual_seed(cfg.train.seed)
     module, model = build_model(cfg, data.vocab_size, Path(tempfile.gettempdir()) / "sgd_trace_models")
-    groups = model.param_groups(cfg.train.lr, weight_decay=0.0, lr_multipliers=cfg.train.lr_multipliers)
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    opt = make_optimizer(cfg.model.optimizer, groups, cfg.train.lr, momentum=cfg.train.momentum)
+    opt = optimizer_for(cfg, module, model)
     batches = Batches(data, cfg.data.batch, cfg.data.seq, cfg.train.seed)
     return cfg, data, module, model, opt, batches
 
