@@ -98,6 +98,24 @@ def _seq_coords(cu, chunk_off, i_n, BT: tl.constexpr):
 
 
 @triton.jit
+def _segment_coords(seg, cu, chunk_off, H: tl.constexpr, BT: tl.constexpr):
+    """Program (V block, segment * H + head) of a state recurrence over _segments' table: head, sequence, rank
+    of the segment in it, segments of the sequence, the sequence's coordinates (_seq_coords) and the
+    segment's chunk range [c_lo, c_hi)."""
+    i_sh = tl.program_id(1)
+    i_s = i_sh // H
+    i_h = i_sh % H
+    i_n = tl.load(seg + 3 * i_s)
+    rank = tl.load(seg + 3 * i_s + 1)
+    cs = tl.load(seg + 3 * i_s + 2)  # chunks per segment of this sequence
+    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
+    c_lo = rank * cs
+    c_hi = tl.minimum(c_lo + cs, NC)
+    nseg = tl.maximum(tl.cdiv(NC, cs), 1)
+    return i_s, i_h, i_n, rank, nseg, bos, eos, c0, c_lo, c_hi
+
+
+@triton.jit
 def _toff(tok, i_h, cols, m_t, H: tl.constexpr, D: tl.constexpr):
     """Offsets and mask of the [BT, len(cols)] tile of a packed [tokens, H, D] tensor."""
     return (tok * H * D + i_h * D)[:, None] + cols[None, :], m_t[:, None] & (cols < D)[None, :]
@@ -247,16 +265,7 @@ def _fwd_state(
     MODE "map": M of the segments a later one needs (not the first, not the last), into seg_m; launched with
     V = K: the state is the K x K identity and U~ = 0."""
     i_v = tl.program_id(0)
-    i_sh = tl.program_id(1)
-    i_s = i_sh // H
-    i_h = i_sh % H
-    i_n = tl.load(seg + 3 * i_s)
-    rank = tl.load(seg + 3 * i_s + 1)
-    cs = tl.load(seg + 3 * i_s + 2)  # chunks per segment of this sequence
-    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
-    c_lo = rank * cs
-    c_hi = tl.minimum(c_lo + cs, NC)
-    nseg = tl.maximum(tl.cdiv(NC, cs), 1)
+    i_s, i_h, i_n, rank, nseg, bos, eos, c0, c_lo, c_hi = _segment_coords(seg, cu, chunk_off, H, BT)
     cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
     h_base = i_n.to(tl.int64) * H + i_h
 
@@ -456,16 +465,7 @@ def _bwd_state(
     MODE "map": M of the segments an earlier one needs (not the first, not the last), into seg_m; launched
     with V = K: dS is the K x K identity and dO, dU_local are 0."""
     i_v = tl.program_id(0)
-    i_sh = tl.program_id(1)
-    i_s = i_sh // H
-    i_h = i_sh % H
-    i_n = tl.load(seg + 3 * i_s)
-    rank = tl.load(seg + 3 * i_s + 1)
-    cs = tl.load(seg + 3 * i_s + 2)  # chunks per segment of this sequence
-    bos, eos, c0, NC = _seq_coords(cu, chunk_off, i_n, BT)
-    nseg = tl.maximum(tl.cdiv(NC, cs), 1)
-    c_lo = rank * cs
-    c_hi = tl.minimum(c_lo + cs, NC)
+    i_s, i_h, i_n, rank, nseg, bos, eos, c0, c_lo, c_hi = _segment_coords(seg, cu, chunk_off, H, BT)
     cols_k, cols_v, kv_off, m_kv = _kv_tile(i_v, K, V, BK, BV)
     h_base = i_n.to(tl.int64) * H + i_h
     DT = dh_out.dtype.element_ty
