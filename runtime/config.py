@@ -142,6 +142,22 @@ def _coerce(value, current, key: str, where: str):
     return value
 
 
+def _number_map(value, parts: list[str], key: str, where: str, what: str, example: str) -> dict:
+    """A mapping field's entries, from one sub-key (--set train.lr_multipliers.hidden=2) or a whole mapping:
+    {name: (the value as a float, NaN if it is not a number, the value as given)}."""
+    value = {".".join(parts[2:]): value} if len(parts) > 2 else value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key}: expected a mapping of {what}, e.g. {example}")
+    entries = {}
+    for k, v in value.items():
+        try:
+            x = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            x = math.nan
+        entries[str(k)] = (x, v)
+    return entries
+
+
 def _set(cfg: Config, key: str, value, where: str = "") -> None:
     parts = key.split(".")
     if parts[0] == "out" and len(parts) == 1:
@@ -176,38 +192,22 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}{key}: cannot parse {value!r}: {exc}") from None
     if (parts[0], parts[1]) in FACTORS:  # name -> positive number
-        value = {".".join(parts[2:]): value} if len(parts) > 2 else value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}{key}: expected a mapping of names to factors, e.g. "
-                              f"{{{FACTORS[parts[0], parts[1]]}: 4.0}}")
-        factors = {}
-        for k, v in value.items():
-            try:
-                factors[str(k)] = float(v) if not isinstance(v, bool) else math.nan
-            except (TypeError, ValueError):
-                factors[str(k)] = math.nan
-            if not factors[str(k)] > 0 or math.isinf(factors[str(k)]):
+        example = f"{{{FACTORS[parts[0], parts[1]]}: 4.0}}"
+        entries = _number_map(value, parts, key, where, "names to factors", example)
+        for k, (x, v) in entries.items():
+            if not x > 0 or math.isinf(x):
                 raise ConfigError(f"{where}{parts[0]}.{parts[1]}.{k}: expected a positive number, got {v!r}")
-        setattr(section, parts[1], {**getattr(section, parts[1]), **factors})
+        setattr(section, parts[1], {**getattr(section, parts[1]), **{k: x for k, (x, _) in entries.items()}})
         return
     if (parts[0], parts[1]) == ("train", "momentum_by_kind"):  # kind -> momentum in [0, 1)
-        value = {".".join(parts[2:]): value} if len(parts) > 2 else value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}{key}: expected a mapping of parameter kinds to momenta, e.g. "
-                              "{input: 0.0}")
-        momenta = {}
-        for k, v in value.items():
+        entries = _number_map(value, parts, key, where, "parameter kinds to momenta", "{input: 0.0}")
+        for k, (x, v) in entries.items():
             name = f"{where}train.momentum_by_kind.{k}"
-            if str(k) not in KINDS:
+            if k not in KINDS:
                 raise ConfigError(f"{name}: unknown parameter kind; kinds: {', '.join(KINDS)}")
-            try:
-                m = float(v) if not isinstance(v, bool) else math.nan
-            except (TypeError, ValueError):
-                m = math.nan
-            if not 0 <= m < 1:
+            if not 0 <= x < 1:
                 raise ConfigError(f"{name}: expected a momentum in [0, 1), got {v!r}")
-            momenta[str(k)] = m
-        section.momentum_by_kind = {**section.momentum_by_kind, **momenta}
+        section.momentum_by_kind = {**section.momentum_by_kind, **{k: x for k, (x, _) in entries.items()}}
         return
     if len(parts) > 2:
         raise ConfigError(f"{where}{key}: {parts[0]}.{parts[1]} has no sub-keys")
