@@ -134,10 +134,9 @@ def optimizer_for(cfg: Config, module, model):
             kinds = [module.rule_for(n).kind for n in g["names"]]
             for kind in dict.fromkeys(kinds):
                 part = [i for i, k in enumerate(kinds) if k == kind]
-                momentum = t.momentum_by_kind.get(kind, t.momentum)
+                m = t.momentum_by_kind.get(kind, t.momentum)
                 params, names = [g["params"][i] for i in part], [g["names"][i] for i in part]
-                split.append(g | {"params": params, "names": names, "momentum": momentum})
-                split[-1]["nesterov"] = momentum > 0
+                split.append(g | {"params": params, "names": names, "momentum": m, "nesterov": m > 0})
         groups = split
     for g in groups:
         g["base_lr"] = g["lr"]
