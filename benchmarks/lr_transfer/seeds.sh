@@ -6,7 +6,7 @@
 # (default adamw; sgd, sgd-nesterov), alpha 8, one norm eps, rows into DIR/s<seed>_w<width>/results.jsonl (DIR
 # default benchmarks/lr_transfer/py400seeds). EXTRA holds more --set overrides for every trial (e.g.
 # "--set train.momentum_by_kind.input=0"). CHECK=1 also runs the kernels' GPU check (benchmarks/kernels.py
-# --check --skip-fp32) beside them. Stops UNTIL seconds after the start.
+# --check --skip-fp32 $KFLAGS, e.g. KFLAGS="--flag bwd_state.segment=1") beside them. Stops UNTIL seconds after the start.
 set -uo pipefail
 UNTIL=${1:?seconds}
 JOBS=${JOBS:-"1 1024 0.0057;2 1024 0.0057;2 1024 0.008;1 128 0.004,0.0057,0.008;2 128 0.004,0.0057,0.008"}
@@ -21,7 +21,7 @@ STD=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
     "$SP/sympy" "$SP/torch" "$SP/numpy" "$SP/networkx" "$STD" --out data/py-bpe8k --val-fraction 0.03 --quiet
 echo "data ready at ${SECONDS}s"
 if [ "${CHECK:-0}" = 1 ]; then
-    timeout "$(left)" python3 benchmarks/kernels.py --check --skip-fp32 --out "$OUT/kernels" \
+    timeout "$(left)" python3 benchmarks/kernels.py --check --skip-fp32 ${KFLAGS:-} --out "$OUT/kernels" \
         >"$OUT/kernels_check.log" 2>&1 &
 fi
 SET="--set data.path=data/py-bpe8k --set train.steps=400 --set train.warmup=40 --set train.eval_every=100
