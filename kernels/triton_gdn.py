@@ -771,8 +771,8 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
     "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=False),
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
-    # segment: the gradient recurrence split into segments as the forward's (_segments); off until checked on
-    # a GPU (benchmarks/NOTES.md, "Segment-parallel backward state")
+    # segment: the gradient recurrence split into segments as the forward's (_segments); GPU-checked, off
+    # until timed (benchmarks/NOTES.md, "Segment-parallel backward state")
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1, segment=False),
     "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
     "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
