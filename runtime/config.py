@@ -57,9 +57,9 @@ class TrainConfig:
     dtype: str = "bf16"  # bf16 autocast on CUDA (fp32 turns it off); CPU always runs float32
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
-    eval_every: int = 100  # validation loss every N steps (and at the last step)
+    eval_every: int = 100  # validation loss every N steps and at the last step (0: only at the last)
     eval_batches: int = 8
-    log_every: int = 10
+    log_every: int = 10  # 0: only the last step
     ckpt_every: int = 0  # checkpoint every N steps (0: only at the end)
     keep_ckpts: int = 2
     diverge_margin: float | None = 2.0  # stop as diverged when the loss exceeds the first step's loss by this

@@ -365,7 +365,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     if dev.device.type == "cuda":
                         torch.cuda.synchronize(dev.device)
                     timed_seconds += time.perf_counter() - tick
-                if step % t.log_every == 0 or step == t.steps:
+                if (t.log_every and step % t.log_every == 0) or step == t.steps:
                     log(
                         {
                             "step": step,
@@ -376,7 +376,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                             "time": round(time.perf_counter() - started, 3),
                         }
                     )
-                if step % t.eval_every == 0 or step == t.steps:
+                if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
                     val_loss = _evaluate(fwd, val, dev, autocast)
                     best = min(best, val_loss) if math.isfinite(val_loss) else best
                     log({"step": step, "val_loss": val_loss, "tokens": step * tokens_per_step})

@@ -124,6 +124,15 @@ def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
     assert margin["diverged"] and "diverge_margin" in margin["error"]
 
 
+def test_zero_eval_and_log_intervals_mean_the_last_step_only(byte_data, tmp_path):
+    out = tmp_path / "z"
+    cfg = load_config(None, tiny_overrides(byte_data, out, **{"train.eval_every": 0, "train.log_every": 0}))
+    result = run(cfg, progress=False)
+    train, val = losses(out)
+    assert [s for s, _ in train] == [6] and [s for s, _ in val] == [6]
+    assert result["final_val_loss"] == val[0][1]
+
+
 def test_schedule_warmup_then_cosine_to_the_minimum():
     cfg = load_config(None, ["train.steps=100", "train.warmup=10", "train.min_lr_ratio=0.1"])
     f = [lr_factor(s, cfg) for s in range(100)]
