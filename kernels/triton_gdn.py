@@ -947,12 +947,13 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state, save=
             *(q, k, vn, gam, h, cu, chunk_seq, chunk_pos, o, scale),
             PREC_INV=_prec_inv(q.dtype),
         )
-    saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt) if save else None
+    # the segment table goes along: the backward's, when it segments, is the same (no second host round trip)
+    saved = (gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, seg, NCt, nseg) if save else None
     return o, ht, saved
 
 
 def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
-    gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, NCt = saved
+    gam, Tm, w, h, vn, cu, chunk_seq, chunk_pos, chunk_off, fwd_seg, NCt, fwd_nseg = saved
     B, T, H, _ = q.shape
     run = _Launch(q, v, H)
     K, V = run.K, run.V
@@ -966,8 +967,10 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, saved):
         lambda bv: (NCt, H),
         *(q, k, gam, do, cu, chunk_seq, chunk_pos, scale, du),
     )
-    varlen = cu if N != B else None
-    seg, nseg = _segments(T, H, V, varlen, cu, q.device, split=CONFIG["bwd_state"].get("segment", False))
+    if CONFIG["bwd_state"].get("segment", False):
+        seg, nseg = fwd_seg, fwd_nseg
+    else:
+        seg, nseg = _segments(T, H, V, None, cu, q.device, split=False)
     segmented = nseg > N
     seg_e = run.empty(nseg, H, K, V, dtype=torch.float32) if segmented else q
     seg_m = run.empty(nseg, H, K, K, dtype=torch.float32) if segmented else q
@@ -1011,8 +1014,8 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:7])
         o, ht, saved = chunk_fwd(q, k, v, g, beta, scale, h0, cu_seqlens, output_final_state, save=save)
         if save:
-            ctx.save_for_backward(q, k, v, g, beta, h0, *saved[:-1])
-            ctx.nct = saved[-1]
+            ctx.save_for_backward(q, k, v, g, beta, h0, *saved[:-2])
+            ctx.nct, ctx.nseg = saved[-2:]
         ctx.scale = scale
         ctx.h0_dtype = h0.dtype if h0 is not None else None
         return o, ht
@@ -1030,7 +1033,7 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
             h0,
             do,
             dht.contiguous() if dht is not None else None,
-            (*saved, ctx.nct),
+            (*saved, ctx.nct, ctx.nseg),
         )
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_dtype)
