@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup derive test bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Without a GPU, take the CPU build of torch first, so nothing pulls a multi-GB CUDA build.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e '.[dev]'
+	# Microsoft's mup package, an oracle in the tests; --no-deps: it lists torchvision, which would pull its own torch
+	$(BIN)/pip install -q --no-deps mup==1.0.0
 	touch $(STAMP)
 
 setup: $(STAMP)
