@@ -12,6 +12,7 @@ implicit and finite, so they never change an exponent.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import keyword
 import re
@@ -89,15 +90,44 @@ class Dim:
         return f"{self.name}~{self.coef * N**self.exponent}"
 
 
+_BINARY = {ast.Add: sp.Add, ast.Sub: lambda a, b: a - b, ast.Mult: sp.Mul, ast.Div: lambda a, b: a / b,
+           ast.Pow: sp.Pow}
+
+
+def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.Expr:
+    """A number or an arithmetic expression (+ - * / **, parentheses) over the named symbols, as an exact
+    SymPy expression. Parsed from Python's syntax tree, never evaluated: anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SpecError(f"{what}: expected a number or an expression such as n/8, got {value!r}", where)
+
+    def build(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return sp.Rational(repr(node.value)) if isinstance(node.value, float) else sp.Integer(node.value)
+        if isinstance(node, ast.Name) and node.id in symbols:
+            return symbols[node.id]
+        if isinstance(node, ast.Name):
+            known = ", ".join(sorted(symbols)) or "none"
+            raise SpecError(f"{what}: unknown name {node.id!r} in {value!r} (known: {known})", where)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = build(node.left), build(node.right)
+            if isinstance(node.op, ast.Pow) and not (right.is_Number and abs(right) <= 64):
+                raise SpecError(f"{what}: {value!r}: an exponent must be a number of size <= 64", where)
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = build(node.operand)
+            return -inner if isinstance(node.op, ast.USub) else inner
+        raise SpecError(f"{what}: {value!r} is not arithmetic over numbers and {sorted(symbols)}", where)
+
+    try:
+        tree = ast.parse(str(value).strip(), mode="eval")
+    except SyntaxError as exc:
+        raise SpecError(f"{what}: cannot parse {value!r} ({exc.msg})", where) from None
+    return build(tree.body)
+
+
 def parse_size(name: str, value, where: str | None = None) -> Dim:
     """`32000`, `n`, `n/8`, `2*n`, `n**(1/2)`: a monomial c * n**e with rational c > 0, e >= 0."""
-    try:
-        expr = sp.sympify(str(value), locals={"n": N}, rational=True)
-    except (sp.SympifyError, SyntaxError, TypeError) as exc:
-        raise SpecError(f"dim {name!r}: cannot parse size {value!r} ({exc})", where) from None
-    if expr.free_symbols - {N}:
-        names = ", ".join(sorted(str(s) for s in expr.free_symbols - {N}))
-        raise SpecError(f"dim {name!r}: size {value!r} uses unknown symbol(s) {names}; only n", where)
+    expr = arithmetic(value, {"n": N}, f"dim {name!r}: size", where)
     coef, e = sp.Integer(1), sp.Integer(0)
     for factor in sp.Mul.make_args(expr):
         base, exp = factor.as_base_exp()
@@ -109,6 +139,8 @@ def parse_size(name: str, value, where: str | None = None) -> Dim:
             raise SpecError(f"dim {name!r}: size {value!r} is not a monomial c*n**e", where)
     if coef <= 0 or e < 0:
         raise SpecError(f"dim {name!r}: size {value!r} must be positive and not shrink with n", where)
+    if e == 0 and not coef.is_Integer:
+        raise SpecError(f"dim {name!r}: a fixed size must be a whole number, got {value!r}", where)
     return Dim(name, sp.Rational(e), sp.Rational(coef))
 
 
@@ -322,14 +354,8 @@ class GraphBuilder:
 
     def _dim_exponent(self, expr, what) -> sp.Rational:
         """The width exponent of a size expression over dims, e.g. d_k**-0.5 -> -e(d_k)/2."""
-        try:
-            syms = {d: sp.Symbol(d, positive=True) for d in self.dims}
-            e = sp.sympify(str(expr), locals=syms, rational=True)
-        except (sp.SympifyError, SyntaxError, TypeError) as exc:
-            raise SpecError(f"{what}: cannot parse {expr!r} ({exc})", self.where) from None
-        unknown = {str(s) for s in e.free_symbols} - set(self.dims)
-        if unknown:
-            raise SpecError(f"{what}: unknown dim(s) {sorted(unknown)} in {expr!r}", self.where)
+        syms = {d: sp.Symbol(d, positive=True) for d in self.dims}
+        e = arithmetic(expr, syms, what, self.where)
         e = e.subs({syms[d]: N ** self.dims[d].exponent for d in self.dims})
         deg = sp.simplify(sp.log(e, N)) if e.has(N) else sp.Integer(0)
         if not deg.is_Rational:

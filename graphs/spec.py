@@ -54,9 +54,17 @@ _ARITY = {"input": 0, "param": 0, "dot": 2, "mix": 2, "attention": 3, "delta_rul
 
 
 class _LineLoader(yaml.SafeLoader):
-    """Records each mapping's line as the key '__line__'."""
+    """Records each mapping's line as the key '__line__'; a key given twice is an error (YAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark
+                )
+            seen.add(key)
         mapping = super().construct_mapping(node, deep=deep)
         mapping["__line__"] = node.start_mark.line + 1
         return mapping
@@ -111,15 +119,25 @@ def _expand(path, items, env, prev=None) -> list[dict]:
             count = item["repeat"]
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise SpecError(f"repeat must be a positive integer, got {count!r}", _at(path, item))
-            var = str(item.get("as", "i"))
+            extra = set(item) - {"repeat", "as", "nodes", "__line__"}
+            if extra:
+                raise SpecError(f"repeat block: unknown key(s) {sorted(extra)}; allowed: as, nodes, repeat",
+                                _at(path, item))
+            var = item.get("as", "i")
+            if not isinstance(var, str) or not var.isidentifier() or var == "prev":
+                raise SpecError(f"repeat block: 'as' must name a loop variable other than prev, got {var!r}",
+                                _at(path, item))
+            if not isinstance(item.get("nodes"), list) or not item["nodes"]:
+                raise SpecError("repeat block: 'nodes' must be a non-empty list of nodes", _at(path, item))
             for i in range(count):
-                body = _expand(path, item.get("nodes") or [], {**env, var: i}, prev)
+                body = _expand(path, item["nodes"], {**env, var: i}, prev)
                 out += body
                 prev = body[-1]["name"] if body else prev
             continue
         node = {k: _subst(v, env, prev, path, item) for k, v in item.items()}
-        if "name" not in node:
-            raise SpecError("node without a 'name'", _at(path, item))
+        if not isinstance(node.get("name"), str):
+            got = f", got {node['name']!r}" if "name" in node else ""
+            raise SpecError(f"node without a 'name' (a string){got}", _at(path, item))
         out.append(node)
         prev = node["name"]
     return out
@@ -147,9 +165,9 @@ def _subst(value, env, prev, path, item):
     return _VAR.sub(repl, value)
 
 
-def _inputs(entry) -> list[str]:
+def _inputs(entry) -> list:
     ins = entry.get("in", [])
-    return [ins] if isinstance(ins, str) else list(ins)
+    return [ins] if isinstance(ins, str) else list(ins) if isinstance(ins, list) else [ins]
 
 
 def _ordered(path, entries):
@@ -186,8 +204,13 @@ def _add(b: GraphBuilder, path, entry):
     if op is None:
         raise SpecError(f"node {name!r} has no 'op'", b.where)
     kw = {k: v for k, v in entry.items() if k != "in"}
+    if not isinstance(op, str):
+        raise SpecError(f"node {name!r}: 'op' must be an op name, got {op!r}", b.where)
     if op in _ALIASES:
         if _ALIASES[op] == "unary" and op != "unary":
+            if "fn" in kw:
+                raise SpecError(f"node {name!r}: op {op!r} is already the function; drop 'fn' or use op unary",
+                                b.where)
             kw["fn"] = op
         op = _ALIASES[op]
     if op not in _KEYS:
@@ -196,6 +219,8 @@ def _add(b: GraphBuilder, path, entry):
     if extra:
         raise SpecError(f"node {name!r} ({op}): unknown key(s) {sorted(extra)}; allowed: "
                         f"{sorted(_KEYS[op]) or 'none'}", b.where)
+    for key, value in kw.items():
+        _check_type(name, op, key, value, b.where)
     ins = _inputs({"in": entry.get("in", [])})
     want = _ARITY.get(op, 1 if op not in ("add", "mul") else None)
     if want is not None and len(ins) != want:
@@ -210,4 +235,32 @@ def _add(b: GraphBuilder, path, entry):
         else:
             getattr(b, op)(name, *ins, **kw)
     except TypeError as exc:
+        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", str(exc))
+        if missing:
+            raise SpecError(f"node {name!r} ({op}): missing key(s) {missing.group(1)}", b.where) from None
         raise SpecError(f"node {name!r} ({op}): {exc}", b.where) from None
+
+
+_NAME_KEYS = {"param", "bias", "gain", "slot", "kind", "init", "fn", "kernel", "key", "value"}  # one name each
+_DIMS_KEYS = {"out", "dims", "over", "shape", "fan_in"}  # a dim name or a list of them
+
+
+def _check_type(name, op, key, value, where):
+    """A node key's value has the type its op reads: a name, a list of dim names, or a number (std)."""
+    if key in _NAME_KEYS and not isinstance(value, str):
+        raise SpecError(f"node {name!r} ({op}): {key!r} must be a name, got {value!r}", where)
+    if key in _DIMS_KEYS and not (isinstance(value, str) or isinstance(value, list)
+                                  and all(isinstance(d, str) for d in value)):
+        raise SpecError(f"node {name!r} ({op}): {key!r} must be a dim name or a list of dim names, got {value!r}",
+                        where)
+    if key == "std" and value is not None and not _positive_number(value):
+        raise SpecError(f"node {name!r} ({op}): 'std' must be a positive number, got {value!r}", where)
+
+
+def _positive_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return float(value) > 0 and float(value) != float("inf")
+    except ValueError:
+        return False

@@ -46,10 +46,20 @@ def test_yaml_spec_matches_builder(tmp_path):
         (GOOD.replace('in: "{prev}"', "in: a2"), "cycle in the graph", None),
         (GOOD.replace("dims: [d_in]", "dims: [width, d_in, width]"), "repeated dim", 4),
         (GOOD.replace("out: [width], param", "fan_in: [classes], out: [width], param"), "do not end in", 7),
-        (GOOD.replace("classes: 10", "classes: m"), "unknown symbol", 2),
+        (GOOD.replace("classes: 10", "classes: m"), "unknown name 'm'", 2),
         (GOOD + "  - {name: extra, op: add, in: [x]}\n", "at least 2 inputs", 11),
         (GOOD.replace("kind: features", "kind: features, colour: red"), "unknown key(s) ['colour']", 4),
         ("name: x\ndims: [1, 2\n", "invalid YAML", 3),
+        (GOOD.replace("classes: 10}", "classes: 10, width: 7}"), "duplicate key 'width'", 2),
+        (GOOD.replace("d_in: 32", "d_in: 2.5"), "a fixed size must be a whole number", 2),
+        (GOOD.replace("    nodes:\n", "    node:\n"), "repeat block: unknown key(s) ['node']", 5),
+        (GOOD.replace("{name: x,", "{name: [x],"), "node without a 'name' (a string)", 4),
+        (GOOD.replace("dims: [d_in]", "dims: {d_in: 1}"), "'dims' must be a dim name or a list", 4),
+        (GOOD.replace('in: "h{i}"', "in: null"), "inputs must be node names, got None", 8),
+        (GOOD.replace("op: relu,", "op: relu, fn: exp,"), "is already the function", 8),
+        (GOOD.replace("out: [width], param", "out: [width], bias: true, param"), "'bias' must be a name", 7),
+        (GOOD.replace("out: [classes], param", "out: [classes], std: banana, param"), "'std' must be a positive", 9),
+        (GOOD.replace(", param: readout.weight", ""), "missing key(s) 'param'", 9),
     ],
 )
 def test_bad_specs(tmp_path, bad, message, line):
@@ -58,6 +68,25 @@ def test_bad_specs(tmp_path, bad, message, line):
     assert message in str(err.value)
     if line is not None:
         assert f"spec.yaml:{line}:" in str(err.value)
+
+
+def test_size_expressions_are_parsed_never_evaluated(tmp_path):
+    """A dim size, a multiplier's `standard` or `fixed`, and a preset option pass through an arithmetic parser:
+    Python in them is refused, not run."""
+    marker = tmp_path / "ran"
+    payload = f"__import__('os').system('touch {marker}') or 32"
+    with pytest.raises(SpecError, match="is not arithmetic"):
+        load(write(tmp_path, GOOD.replace("d_in: 32", f'd_in: "{payload}"')))
+    b = GraphBuilder("t")
+    b.dim("d", "n")
+    x = b.input("x", ["d"])
+    for key in ("standard", "fixed"):
+        with pytest.raises(SpecError, match="is not arithmetic"):
+            b.scale(f"s_{key}", x, "slot", **{key: payload})
+    with pytest.raises(SpecError, match="is not arithmetic"):
+        load("transformer", {"ffn_mult": payload.replace("32", "1")})
+    assert not marker.exists()
+    assert b.scale("ok", x, "slot", standard="d**-0.5") == "ok"  # arithmetic still parses
 
 
 def test_mismatched_dims_and_tied_shapes():
