@@ -54,7 +54,8 @@ _ARITY = {"input": 0, "param": 0, "dot": 2, "mix": 2, "attention": 3, "delta_rul
 
 
 class _LineLoader(yaml.SafeLoader):
-    """Records each mapping's line as the key '__line__'; a key given twice is an error (YAML keeps the last)."""
+    """Records each mapping's line as the key '__line__'; a key given twice is an error (YAML keeps the
+    last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -125,7 +126,7 @@ def _expand(path, items, env, prev=None) -> list[dict]:
                                 _at(path, item))
             var = item.get("as", "i")
             if not isinstance(var, str) or not var.isidentifier() or var == "prev":
-                raise SpecError(f"repeat block: 'as' must name a loop variable other than prev, got {var!r}",
+                raise SpecError(f"repeat block: 'as' must name a loop variable (not prev), got {var!r}",
                                 _at(path, item))
             if not isinstance(item.get("nodes"), list) or not item["nodes"]:
                 raise SpecError("repeat block: 'nodes' must be a non-empty list of nodes", _at(path, item))
@@ -209,8 +210,8 @@ def _add(b: GraphBuilder, path, entry):
     if op in _ALIASES:
         if _ALIASES[op] == "unary" and op != "unary":
             if "fn" in kw:
-                raise SpecError(f"node {name!r}: op {op!r} is already the function; drop 'fn' or use op unary",
-                                b.where)
+                raise SpecError(f"node {name!r}: op {op!r} is already the function; drop 'fn' or use "
+                                "op unary", b.where)
             kw["fn"] = op
         op = _ALIASES[op]
     if op not in _KEYS:
@@ -241,7 +242,7 @@ def _add(b: GraphBuilder, path, entry):
         raise SpecError(f"node {name!r} ({op}): {exc}", b.where) from None
 
 
-_NAME_KEYS = {"param", "bias", "gain", "slot", "kind", "init", "fn", "kernel", "key", "value"}  # one name each
+_NAME_KEYS = {"param", "bias", "gain", "slot", "kind", "init", "fn", "kernel", "key", "value"}  # a name each
 _DIMS_KEYS = {"out", "dims", "over", "shape", "fan_in"}  # a dim name or a list of them
 
 
@@ -251,10 +252,10 @@ def _check_type(name, op, key, value, where):
         raise SpecError(f"node {name!r} ({op}): {key!r} must be a name, got {value!r}", where)
     if key in _DIMS_KEYS and not (isinstance(value, str) or isinstance(value, list)
                                   and all(isinstance(d, str) for d in value)):
-        raise SpecError(f"node {name!r} ({op}): {key!r} must be a dim name or a list of dim names, got {value!r}",
-                        where)
+        raise SpecError(f"node {name!r} ({op}): {key!r} must be a dim name or a list of dim names, "
+                        f"got {value!r}", where)
     if key == "std" and value is not None and not _positive_number(value):
-        raise SpecError(f"node {name!r} ({op}): 'std' must be a positive number, got {value!r}", where)
+        raise SpecError(f"node {name!r} ({op}): 'std' must be positive, a number, got {value!r}", where)
 
 
 def _positive_number(value) -> bool:

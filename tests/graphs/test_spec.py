@@ -58,7 +58,7 @@ def test_yaml_spec_matches_builder(tmp_path):
         (GOOD.replace('in: "h{i}"', "in: null"), "inputs must be node names, got None", 8),
         (GOOD.replace("op: relu,", "op: relu, fn: exp,"), "is already the function", 8),
         (GOOD.replace("out: [width], param", "out: [width], bias: true, param"), "'bias' must be a name", 7),
-        (GOOD.replace("out: [classes], param", "out: [classes], std: banana, param"), "'std' must be a positive", 9),
+        (GOOD.replace("out: [classes], param", "out: [classes], std: no, param"), "'std' must be positive", 9),
         (GOOD.replace(", param: readout.weight", ""), "missing key(s) 'param'", 9),
     ],
 )
@@ -71,8 +71,8 @@ def test_bad_specs(tmp_path, bad, message, line):
 
 
 def test_size_expressions_are_parsed_never_evaluated(tmp_path):
-    """A dim size, a multiplier's `standard` or `fixed`, and a preset option pass through an arithmetic parser:
-    Python in them is refused, not run."""
+    """A dim size, a multiplier's `standard` or `fixed`, and a preset option pass through an arithmetic
+    parser: Python in them is refused, not run."""
     marker = tmp_path / "ran"
     payload = f"__import__('os').system('touch {marker}') or 32"
     with pytest.raises(SpecError, match="is not arithmetic"):
