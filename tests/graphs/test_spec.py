@@ -58,7 +58,7 @@ def test_yaml_spec_matches_builder(tmp_path):
         (GOOD.replace('in: "h{i}"', "in: null"), "inputs must be node names, got None", 8),
         (GOOD.replace("op: relu,", "op: relu, fn: exp,"), "is already the function", 8),
         (GOOD.replace("out: [width], param", "out: [width], bias: true, param"), "'bias' must be a name", 7),
-        (GOOD.replace("out: [classes], param", "out: [classes], std: no, param"), "'std' must be positive", 9),
+        (GOOD.replace("[classes], param", "[classes], std: no, param"), "'std' must be positive", 9),
         (GOOD.replace(", param: readout.weight", ""), "missing key(s) 'param'", 9),
     ],
 )
