@@ -362,7 +362,7 @@ class Engine:
         dims = fmt_dims(fan_in)
         beta, rho = self.beta(p), self.rho(p)
         xu, du = self.X(u), self.D(u)
-        corr = p in self.lineage[u]
+        corr = p in self.lineage[u] and self._along(u, p, self._weight_axes(node)[1])
         own = self._subs(self.carried[u][p] - xu) if corr else ZERO  # p's part of u, relative to u
         if own.is_number and own < 0:  # only the part of u that p carries is correlated with p
             part = R.F_LLN.format(dims=dims, e=e_c) + f"; {u} carries {p} only as a part n^({own}) of it"
@@ -401,6 +401,37 @@ class Engine:
         return xs, ds
 
     _fwd_embedding = _fwd_linear
+
+    @staticmethod
+    def _weight_axes(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(axes the output runs along, axes contracted) of a linear or embedding node's weight: a linear's
+        weight is [*out, *fan_in], an embedding's [vocab, *out] (it picks rows)."""
+        if node.op == "embedding":
+            return tuple(range(1, 1 + len(node.dims))), (0,)
+        k = len(node.attrs["out"])
+        return tuple(range(k)), tuple(range(k, k + len(node.attrs["fan_in"])))
+
+    def _along(self, u, p, contracted) -> bool:
+        """Whether u carries weight p along the axes a use of p contracts (the correlated, LLN case). A value
+        made by p runs along p's output axes: used again in the same orientation (W (W x)) p contracts the
+        other axes, which pairs different entries of p, a CLT sum; a tied embedding read out by its transpose
+        contracts the axes it produced, which pairs each entry with itself. Any other source of p in u (a
+        param node, a gain) counts as correlated."""
+        seen, stack = set(), [u]
+        while stack:
+            name = stack.pop()
+            if name in seen or p not in self.lineage.get(name, ()):
+                continue
+            seen.add(name)
+            node = self.g.nodes[name]
+            if node.op in ("linear", "embedding") and p in node.params.values():
+                if node.params.get("weight") != p or self._weight_axes(node)[0] == contracted:
+                    return True
+                continue  # a linear map starts its own lineage: nothing of p comes from its input
+            if node.op in ("param", "rmsnorm", "layernorm", "conv1d") and p in node.params.values():
+                return True
+            stack.extend(node.inputs)
+        return False
 
     def _fwd_conv1d(self, node):
         (u,) = node.inputs

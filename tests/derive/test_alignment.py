@@ -6,6 +6,7 @@ import sympy as sp
 
 from mudelta.derive import derive
 from mudelta.graphs.builders import gdn, mlp, transformer
+from mudelta.graphs.ir import GraphBuilder
 
 R = sp.Rational
 GRAPHS = {"mlp": lambda: mlp(), "transformer": lambda: transformer(layers=2),
@@ -61,3 +62,25 @@ def test_share_of_a_gate_projection():
     # update moves the gate pre-activation by Theta(1).
     a = evaluated(gdn(layers=2), "adamw")
     assert a.shares_in["l0_a"] == -R(1, 2) and a.A("l0_a") == 0 and a.D("l0_a") == 0
+
+
+def test_a_weight_used_twice_in_one_orientation_is_not_aligned_at_init():
+    # h = U (U h0): the second use of U contracts its input axis, and U h0 runs along U's output axis, so the
+    # sum pairs different entries of U (a CLT sum, rms Theta(1): 0.94 .. 0.99 at widths 64 .. 4096 with U
+    # ~ N(0, 1/n)); it derives like two untied layers. A tied embedding read out by its transpose contracts
+    # the axis it produced, each entry with itself, and stays the LLN sum (tests/derive/test_tied_readout.py).
+    def three_layers(second):
+        b = GraphBuilder("t")
+        b.dim("d_in", 32), b.dim("width", "n"), b.dim("classes", 10)
+        x = b.input("x", ["d_in"], kind="features")
+        h0 = b.linear("h0", x, ["width"], "w")
+        h1 = b.linear("h1", h0, ["width"], "u")
+        h = b.linear("h", h1, ["width"], second)
+        b.cross_entropy("loss", b.linear("logits", h, ["classes"], "readout.weight"))
+        return b.build()
+
+    for opt in ("adamw", "sgd"):
+        tied, untied = derive(three_layers("u"), opt), derive(three_layers("v"), opt)
+        assert tied.engine.X("h") == 0 and not tied.violations
+        rules = {r.name: (r.a, r.b, r.c) for r in untied.params}
+        assert {r.name: (r.a, r.b, r.c) for r in tied.params} == {k: v for k, v in rules.items() if k != "v"}
