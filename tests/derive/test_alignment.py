@@ -1,8 +1,11 @@
 """Which part of a change is correlated with what: the aligned change (own updates), the share of a
 layer's gradient at its input, and the change to first order in the learning rate."""
 
+import math
+
 import pytest
 import sympy as sp
+import torch
 
 from mudelta.derive import derive
 from mudelta.graphs.builders import gdn, mlp, transformer
@@ -66,9 +69,9 @@ def test_share_of_a_gate_projection():
 
 def test_a_weight_used_twice_in_one_orientation_is_not_aligned_at_init():
     # h = U (U h0): the second use of U contracts its input axis, and U h0 runs along U's output axis, so the
-    # sum pairs different entries of U (a CLT sum, rms Theta(1): 0.94 .. 0.99 at widths 64 .. 4096 with U
-    # ~ N(0, 1/n)); it derives like two untied layers. A tied embedding read out by its transpose contracts
-    # the axis it produced, each entry with itself, and stays the LLN sum (tests/derive/test_tied_readout.py).
+    # sum pairs different entries of U (a CLT sum, rms Theta(1), measured below); it derives like two untied
+    # layers. A tied embedding read out by its transpose contracts the axis it produced, each entry with
+    # itself, and stays the LLN sum (tests/derive/test_tied_readout.py).
     def three_layers(second):
         b = GraphBuilder("t")
         b.dim("d_in", 32), b.dim("width", "n"), b.dim("classes", 10)
@@ -84,3 +87,10 @@ def test_a_weight_used_twice_in_one_orientation_is_not_aligned_at_init():
         assert tied.engine.X("h") == 0 and not tied.violations
         rules = {r.name: (r.a, r.b, r.c) for r in untied.params}
         assert {r.name: (r.a, r.b, r.c) for r in tied.params} == {k: v for k, v in rules.items() if k != "v"}
+    g = torch.Generator().manual_seed(0)
+    rms = []
+    for n in (64, 256, 1024):
+        h0 = torch.randn(16, n, generator=g, dtype=torch.float64)
+        u = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5
+        rms.append((h0 @ u.T @ u.T).pow(2).mean().sqrt().item())
+    assert abs(math.log(rms[-1] / rms[0]) / math.log(16)) < 0.05, rms  # slope 0, not the LLN's 1/2
