@@ -106,8 +106,8 @@ def _standard_slots(graph: Graph):
 
 
 def _from_file(graph: Graph, path: Path):
-    """A YAML or JSON mapping: `parameters: {glob: {a, b, c}}` (first matching glob wins) and optionally
-    `multipliers: {slot: exponent}`; unmatched slots take their standard value."""
+    """A YAML or JSON mapping: `parameters: {glob: {a, b, c}}` (first matching glob wins; an exponent left
+    out is 0) and optionally `multipliers: {slot: exponent}`; unmatched slots take their standard value."""
     import yaml
 
     try:
@@ -120,6 +120,16 @@ def _from_file(graph: Graph, path: Path):
 def _from_mapping(graph: Graph, data, path: str):
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
         raise ValueError(f"{path}: expected a mapping with a 'parameters' mapping of glob -> {{a, b, c}}")
+    unknown = sorted(set(data) - {"parameters", "multipliers"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; expected parameters and optionally multipliers")
+    for pattern, entry in data["parameters"].items():
+        extra = sorted(set(entry) - set("abc")) if isinstance(entry, dict) else None
+        if extra is None or extra:
+            what = f"unknown key(s) {extra}" if extra else f"expected a mapping, got {entry!r}"
+            raise ValueError(f"{path}: parameters.{pattern}: {what}; an entry is {{a, b, c}}")
+    if not isinstance(data.get("multipliers") or {}, dict):
+        raise ValueError(f"{path}: 'multipliers' must map slot names to exponents, got {data['multipliers']!r}")
     abc = {}
     for p in graph.params.values():
         if not p.trainable:
@@ -137,5 +147,8 @@ def _from_mapping(graph: Graph, data, path: str):
     for slot, value in (data.get("multipliers") or {}).items():
         if slot not in slots:
             raise ValueError(f"{path}: unknown multiplier slot {slot!r}{suggest(slot, slots)}")
-        slots[slot] = sp.Rational(str(value))
+        try:
+            slots[slot] = sp.Rational(str(value))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: multipliers.{slot}: an exponent must be a rational ({exc})") from None
     return abc, slots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mudelta.graphs.ir import SpecError
@@ -356,6 +357,9 @@ def main(argv=None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"mudelta: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`mudelta derive gdn | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

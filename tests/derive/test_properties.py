@@ -1,6 +1,7 @@
 """Property tests: random DAGs of supported ops never crash the engine; every solution satisfies the
 desiderata it claims; the abc-symmetry leaves the invariants unchanged."""
 
+import pytest
 import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,25 @@ def test_symmetry_leaves_invariants(opt_name, theta):
         # and the update size the optimizer produces is unchanged
         grad = d.engine.pgrad1[r.name]
         assert opt.rho(a, b, c, grad) == opt.rho(r.a, r.b, r.c, grad)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"parameters": {"*": {"a": 0, "b": "1/2", "lr": 1}}}, "parameters.*: unknown key(s) ['lr']"),
+        ({"parameters": {"*": 1}}, "parameters.*: expected a mapping"),
+        ({"parameters": {"*": {}}, "multiplier": {"readout": 1}}, "unknown key(s) ['multiplier']"),
+        ({"parameters": {"*": {}}, "multipliers": [1]}, "'multipliers' must map slot names"),
+        ({"parameters": {"*": {}}, "multipliers": {"readout": "abc"}}, "multipliers.readout: an exponent"),
+    ],
+)
+def test_bad_parametrization_files_are_refused(tmp_path, data, message):
+    import json
+
+    from mudelta.graphs.builders import gdn
+
+    path = tmp_path / "par.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as err:
+        derive(gdn(layers=1), "adamw", str(path))
+    assert message in str(err.value) and str(path) in str(err.value)

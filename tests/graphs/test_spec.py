@@ -60,6 +60,7 @@ def test_yaml_spec_matches_builder(tmp_path):
         (GOOD.replace("out: [width], param", "out: [width], bias: true, param"), "'bias' must be a name", 7),
         (GOOD.replace("[classes], param", "[classes], std: no, param"), "'std' must be positive", 9),
         (GOOD.replace(", param: readout.weight", ""), "missing key(s) 'param'", 9),
+        (GOOD.replace("in: logits}", "in: a2}"), "has the width-scaling dim(s) ['width']", 10),
     ],
 )
 def test_bad_specs(tmp_path, bad, message, line):
