@@ -129,7 +129,8 @@ def _from_mapping(graph: Graph, data, path: str):
             what = f"unknown key(s) {extra}" if extra else f"expected a mapping, got {entry!r}"
             raise ValueError(f"{path}: parameters.{pattern}: {what}; an entry is {{a, b, c}}")
     if not isinstance(data.get("multipliers") or {}, dict):
-        raise ValueError(f"{path}: 'multipliers' must map slot names to exponents, got {data['multipliers']!r}")
+        got = data["multipliers"]
+        raise ValueError(f"{path}: 'multipliers' must map slot names to exponents, got {got!r}")
     abc = {}
     for p in graph.params.values():
         if not p.trainable:

@@ -435,8 +435,8 @@ class GraphBuilder:
     def cross_entropy(self, name, logits):
         growing = [d for d in self.dims_of(logits) if self.dims[d].scales]
         if growing:
-            raise SpecError(f"node {name!r}: the loss is over a finite set of classes, but {logits!r} has the "
-                            f"width-scaling dim(s) {growing}; read out to a fixed dim first", self.where)
+            raise SpecError(f"node {name!r}: the loss is over a finite set of classes, but {logits!r} has "
+                            f"the width-scaling dim(s) {growing}; read out to a fixed dim first", self.where)
         return self._node(name, "cross_entropy", (logits,), ())
 
     def _expect_dims(self, name, x, count):
