@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,10 +38,18 @@ def _py(value) -> str:
     return str(r.p) if r.q == 1 else f"{r.p}/{r.q}"
 
 
+def _doc(text: str) -> str:
+    """User text (a command line, a file path) for the module docstring: backslashes and double quotes
+    escaped, so nothing can end the string, and non-printable characters shown as '?'."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["pyrepr"] = _py
+    env.filters["doc"] = _doc
     return env
 
 
@@ -77,8 +86,11 @@ def _rules(graph: Graph, d: Derivation) -> list[dict]:
 
 
 def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup", base_width: int = 256,
-             convention: str = "tp5", command: str | None = None) -> str:
-    """The source of one self-contained model module (formatted with ruff when it is installed)."""
+             convention: str = "tp5", command: str | None = None, spec: str | None = None,
+             options: dict | None = None) -> str:
+    """The source of one self-contained model module (formatted with ruff when it is installed). `command`
+    is the command line that made it, `spec` and `options` the preset and --set options it was built from
+    (the module's pointer to `mudelta explain` repeats them)."""
     family = graph.meta.get("family")
     if family is None or graph.name not in MODEL_CLASSES:
         raise CodegenError(f"graph {graph.name!r} has no model family codegen can render; use a builtin preset "
@@ -108,13 +120,18 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
     meta = dict(graph.meta)
     every = meta.get("attn_every", 0)
     attn_layers = bool(every) and meta["layers"] >= every
-    flags = "" if optimizer == "adamw" else f" --optimizer {optimizer}"
+    flags = [f"--set {k}={v}" for k, v in (options or {}).items()]
+    flags += [f"--{key} {value}" for key, value, default in (("optimizer", optimizer, "adamw"),
+              ("parametrization", parametrization, "mup"), ("convention", convention, "tp5")) if value != default]
+    explain = shlex.join(["mudelta", "explain", spec or graph.name, "PARAM"]) + "".join(
+        " " + shlex.join(f.split(" ", 1)) for f in flags)
+    command = command or shlex.join(["mudelta", "codegen", spec or graph.name, *" ".join(flags).split(),
+                                     "--base-width", str(base_width)])
     context = {
         "title": f"{MODEL_CLASSES[graph.name]} ({graph.name})",
-        "command": "\n    ".join(textwrap.wrap(command or f"mudelta codegen {graph.name} --optimizer {optimizer} "
-                                   f"--parametrization {parametrization} --base-width {base_width}", 80,
-                                   break_on_hyphens=False, break_long_words=False)),
-        "spec": graph.name, "explain_flags": flags, "optimizer": optimizer, "parametrization": parametrization,
+        "command": "\n    ".join(textwrap.wrap(_doc(command), 80, break_on_hyphens=False, break_long_words=False)),
+        "explain": "\n    ".join(textwrap.wrap(_doc(explain), 80, break_on_hyphens=False, break_long_words=False)),
+        "optimizer": optimizer, "parametrization": parametrization,
         "convention": convention, "base_width": base_width, "rules": _rules(graph, d), "slots": slots,
         "norm_eps": norm_eps,
         "dims": dims, "meta": meta, "model_class": MODEL_CLASSES[graph.name],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from mudelta.graphs.ir import SpecError
@@ -52,9 +53,11 @@ def cmd_codegen(args) -> int:
 
     from mudelta.codegen import generate
 
-    graph = load(args.spec, _overrides(args.set))
-    command = "mudelta " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
-    source = generate(graph, args.optimizer, args.parametrization, args.base_width, args.convention, command)
+    options = _overrides(args.set)
+    graph = load(args.spec, options)
+    command = shlex.join(["mudelta", *sys.argv[1:]]) if args.command_line is None else args.command_line
+    source = generate(graph, args.optimizer, args.parametrization, args.base_width, args.convention, command,
+                      args.spec, options)
     if args.output == "-":
         print(source, end="")
     else:
@@ -63,7 +66,7 @@ def cmd_codegen(args) -> int:
         tmp.write_text(source)
         tmp.replace(out)  # atomic: a failed run never leaves half a file
         print(
-            f"wrote {out} ({graph.name}, {args.parametrization} under {args.optimizer}, base width "
+            f"wrote {out} ({args.spec}, {args.parametrization} under {args.optimizer}, base width "
             f"{args.base_width})"
         )
     return 0

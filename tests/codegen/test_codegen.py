@@ -145,6 +145,25 @@ def test_bad_names_never_reach_generated_code(tmp_path):
         load(str(spec))
 
 
+def test_user_text_in_the_docstring_cannot_end_it(tmp_path, monkeypatch):
+    """The command line and a parametrization path reach the module docstring escaped: an output path with
+    triple quotes and a backslash gives an importable module whose docstring shows them as typed."""
+    path = tmp_path / 'a"""; import os; x = """\\N.py'
+    argv = ["codegen", "mlp", "--set", "layers=2", "--base-width", "32", "-o", str(path)]
+    monkeypatch.setattr(sys, "argv", ["mudelta", *argv])
+    assert main(argv) == 0
+    module = load_module(path.read_text(), "docstring_case")
+    assert str(path) in " ".join(module.__doc__.split())  # textwrap may break the line at a space
+    assert not hasattr(module, "os")
+
+
+def test_explain_pointer_repeats_the_preset_and_options():
+    graph = load("gdn-heads", {"layers": "2", "vocab": "64"})
+    src = generate(graph, "sgd", "sp", 256, spec="gdn-heads", options={"layers": "2", "vocab": "64"})
+    doc = " ".join(load_module(src, "pointer_case").__doc__.split())
+    assert "mudelta explain gdn-heads PARAM --set layers=2 --set vocab=64 --optimizer sgd --parametrization sp" in doc
+
+
 def test_specs_without_a_family_are_refused(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
