@@ -24,6 +24,13 @@ MODEL_CLASSES = {"gdn": "GatedDeltaNetForCausalLM", "transformer": "TransformerF
 _MULTIPLIED = ("_proj.weight", "_proj.bias", "lm_head.weight", "embeddings.weight", "readout.weight",
                "readout.bias")
 _CUSTOM_INITS = {"A_log": "a_log", "dt_bias": "dt_bias"}
+# the graph's unary functions as torch callables (the MLP's activation)
+_TORCH_FNS = {"identity": "torch.nn.Identity()", "neg": "torch.neg", "silu": "F.silu", "gelu": "F.gelu",
+              "relu": "F.relu", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh", "softplus": "F.softplus",
+              "exp": "torch.exp"}
+# Config fields of each family that change the graph, so its rules (the generated module keeps them fixed)
+_STRUCTURE = {"mlp": ("layers", "bias", "act"),
+              "lm": ("layers", "tied", "conv", "gate", "allow_neg_eigval", "attn_every")}
 
 
 class CodegenError(ValueError):
@@ -53,15 +60,17 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def _rules(graph: Graph, d: Derivation) -> list[dict]:
+def _rules(graph: Graph, d: Derivation, convention: str) -> list[dict]:
     by_key: dict[str, dict] = {}
     exact = []
+    every_linear = graph.meta.get("family") == "mlp"  # the MLP's layers are all multiplier-applying Linears
     for r in d.params:
         p = graph.params[r.name]
         check_identifier(r.name, "parameter", dotted=True)
-        if r.a != 0 and not r.name.endswith(_MULTIPLIED):
+        if r.a != 0 and not every_linear and not r.name.endswith(_MULTIPLIED):
+            advice = "; use --convention tp5" if convention != "tp5" else ""
             raise CodegenError(f"parameter {r.name!r} needs a forward multiplier n**({-r.a}), which its module "
-                               "does not apply; use --convention tp5")
+                               f"does not apply{advice}")
         if p.init == "custom":
             kind = next((v for k, v in _CUSTOM_INITS.items() if r.name.endswith(k)), None)
             if kind is None:
@@ -117,6 +126,11 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
         if norm_eps.setdefault(key, _py(exponent)) != _py(exponent):
             raise CodegenError(f"norm {key!r} needs a different eps exponent in different layers")
     dims = [{"name": n, "coef": _py(dim.coef), "exponent": _py(dim.exponent)} for n, dim in graph.dims.items()]
+    small = [f"{n} = {dim.coef * base_width ** dim.exponent}" for n, dim in graph.dims.items()
+             if dim.scales and dim.coef * base_width ** dim.exponent < 1]
+    if small:
+        raise CodegenError(f"at base width {base_width} {', '.join(small)}, below 1: take a larger "
+                           "--base-width")
     meta = dict(graph.meta)
     every = meta.get("attn_every", 0)
     attn_layers = bool(every) and meta["layers"] >= every
@@ -132,12 +146,17 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
         "command": "\n    ".join(textwrap.wrap(_doc(command), 80, break_on_hyphens=False, break_long_words=False)),
         "explain": "\n    ".join(textwrap.wrap(_doc(explain), 80, break_on_hyphens=False, break_long_words=False)),
         "optimizer": optimizer, "parametrization": parametrization,
-        "convention": convention, "base_width": base_width, "rules": _rules(graph, d), "slots": slots,
+        "convention": convention, "base_width": base_width, "rules": _rules(graph, d, convention),
+        "slots": slots,
         "norm_eps": norm_eps,
         "dims": dims, "meta": meta, "model_class": MODEL_CLASSES[graph.name],
         "attn_layers": attn_layers, "gdn_layers": graph.name == "gdn" and (not every or every > 1),
         "attn_dims": meta.get("attn_dims", ()),
     }
+    if family == "mlp":
+        context["act_fn"] = _TORCH_FNS[meta["act"]]
+    gdn_only = () if context["gdn_layers"] else ("conv", "gate", "allow_neg_eigval")  # Config lacks them
+    context["generated"] = {k: meta[k] for k in _STRUCTURE[family] if k in meta and k not in gdn_only}
     template = "mlp.py.j2" if family == "mlp" else "lm.py.j2"
     return _format(_env().get_template(template).render(**context))
 

@@ -11,6 +11,7 @@ STD = "0.02"  # initializer_range of the reference implementations, used by `--p
 def mlp(layers: int = 3, d_in: int = 32, classes: int = 10, bias: bool = False, act: str = "relu") -> Graph:
     """An MLP classifier: d_in (finite) -> `layers` hidden layers of width n -> classes (finite)."""
     _check_positive(layers=layers, d_in=d_in, classes=classes)
+    _check_classes(classes=classes)
     b = GraphBuilder("mlp", meta={"family": "mlp", "layers": layers, "bias": bias, "act": act})
     b.dim("d_in", d_in), b.dim("width", "n"), b.dim("classes", classes)
     h = b.input("x", ["d_in"], kind="features")
@@ -33,6 +34,9 @@ def transformer(
     """Pre-RMSNorm decoder: causal attention + SwiGLU MLP. With `head_dim` unset the head count is
     fixed and the head dim grows with width (d_model / heads); with it set, heads grow instead."""
     _check_positive(layers=layers, vocab=vocab, heads=heads)
+    _check_classes(vocab=vocab)
+    if head_dim is not None:
+        _check_positive(head_dim=head_dim)
     b = GraphBuilder("transformer", meta={"family": "lm", "layers": layers, "vocab": vocab, "tied": tied,
                                           "attn_every": 1, "attn_dims": ("heads", "d_head")})
     _lm_dims(b, vocab, ffn_mult)
@@ -68,8 +72,12 @@ def gdn(
     _check_positive(layers=layers, vocab=vocab, heads=heads, d_k=d_k, d_v=d_v, attn_heads=attn_heads)
     if regime not in ("head_dim", "heads"):
         raise SpecError(f"gdn: regime must be 'head_dim' or 'heads', not {regime!r}")
+    _check_classes(vocab=vocab)
     if attn_every < 0:
         raise SpecError(f"gdn: attn_every must be >= 0, got {attn_every}")
+    if attn_every > layers:
+        raise SpecError(f"gdn: attn_every={attn_every} > layers={layers} leaves no attention block; use 0 "
+                        "for none")
     b = GraphBuilder("gdn", meta={"family": "lm", "layers": layers, "vocab": vocab, "tied": tied, "conv": conv,
                                   "gate": gate, "allow_neg_eigval": allow_neg_eigval, "attn_every": attn_every,
                                   "attn_dims": ("attn_heads", "attn_d_head")})
@@ -167,6 +175,12 @@ def _lm_head(b: GraphBuilder, x: str, tied: bool) -> None:
     else:
         logits = b.linear("logits", h, ["vocab"], "lm_head.weight", std=STD)
     b.cross_entropy("loss", logits)
+
+
+def _check_classes(**values) -> None:
+    for key, value in values.items():
+        if value < 2:
+            raise SpecError(f"option {key} must be at least 2 (a loss over one class is 0), got {value}")
 
 
 def _check_positive(**values) -> None:

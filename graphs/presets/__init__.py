@@ -19,6 +19,16 @@ PRESETS = {
 }
 
 
+# (option, whether the builder ignores it given all the options, why): setting it then is refused
+_UNUSED = [
+    ("d_k", lambda s: s.get("regime") == "head_dim", "d_k = d_model / 8 in the head_dim regime"),
+    ("d_v", lambda s: s.get("regime") == "head_dim", "d_v = d_model / 4 in the head_dim regime"),
+    ("heads", lambda s: s.get("regime") == "heads", "heads = d_model / (8 d_k) in the heads regime"),
+    ("heads", lambda s: s.get("head_dim") is not None, "heads = d_model / head_dim when head_dim is set"),
+    ("attn_heads", lambda s: not s.get("attn_every", 1), "there are no attention blocks (attn_every=0)"),
+]
+
+
 def options(preset: str) -> dict:
     """The preset's options and their defaults."""
     fn = PRESETS[preset]
@@ -55,6 +65,10 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> Graph:
                 raise SpecError(f"--set {key}: preset {spec!r} has no option {key!r}{suggest(key, defaults)}; "
                                 f"options: {', '.join(defaults)}")
             kwargs[key] = _coerce(spec, key, value, defaults[key])
+        settings = {**defaults, **kwargs}
+        for key, unused, why in _UNUSED:
+            if key in kwargs and unused(settings):
+                raise SpecError(f"--set {key}: preset {spec!r} does not use it here: {why}")
         return PRESETS[spec](**kwargs)
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():

@@ -159,7 +159,7 @@ def test_user_text_in_the_docstring_cannot_end_it(tmp_path, monkeypatch):
 
 def test_explain_pointer_repeats_the_preset_and_options():
     graph = load("gdn-heads", {"layers": "2", "vocab": "64"})
-    src = generate(graph, "sgd", "sp", 256, spec="gdn-heads", options={"layers": "2", "vocab": "64"})
+    src = generate(graph, "sgd", "sp", 1024, spec="gdn-heads", options={"layers": "2", "vocab": "64"})
     doc = " ".join(load_module(src, "pointer_case").__doc__.split())
     assert "mudelta explain gdn-heads PARAM --set layers=2 --set vocab=64 --optimizer sgd --parametrization sp" in doc
 
@@ -246,3 +246,22 @@ def test_norm_eps_keeps_its_share_of_the_input(case):
     assert len(moved) >= 5
     off = {n: round(m, 2) for n, m in moved.items() if not 0.5 < m < 2}
     assert not off, off
+
+
+def test_config_refuses_what_the_rules_do_not_cover(sources):
+    """A generated module's rules hold for the structure it was generated for: another layer count, tying
+    or bias is refused (new layers would get the first layer's rule), as are non-positive widths and a
+    base width where a scaling dim would be below 1 (codegen)."""
+    mlp_module = load_module(sources["mlp", "mup"][1], "structure_mlp")
+    gdn_module = load_module(sources["gdn", "mup"][1], "structure_gdn")
+    for module, changed in ((mlp_module, {"layers": 5}), (mlp_module, {"bias": False}),
+                            (gdn_module, {"tied": False}), (gdn_module, {"layers": 3})):
+        with pytest.raises(ValueError, match=f"generated for {next(iter(changed))}="):
+            module.Config(width=128, **changed)
+    for bad in ({"width": 0}, {"width": -32}, {"base_width": 0}, {"width": 64.0}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            mlp_module.Config(**bad)
+    with pytest.raises(ValueError, match=r"dims \['heads'\] would be below 1"):
+        load_module(sources["gdn-heads", "mup"][1], "structure_heads").Config(width=8)
+    with pytest.raises(CodegenError, match="at base width 256 heads = 1/4, below 1"):
+        generate(load("gdn-heads", {"layers": "1", "vocab": "64"}), base_width=256)

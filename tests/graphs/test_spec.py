@@ -1,5 +1,6 @@
 """YAML specs: a valid spec derives like the builder; each kind of bad spec names the problem and line."""
 
+import re
 import textwrap
 
 import pytest
@@ -141,3 +142,21 @@ def test_a_fixed_multiplier_that_cannot_work_names_the_failing_desideratum(tmp_p
     # 1/sqrt(d) attention: after one step q.k is correlated (LLN), so the logits grow as n^1/2
     d = derive(load(write(tmp_path, ATTN)), "adam")
     assert [(v.desideratum, v.node, v.exponent) for v in d.violations] == [("update-bounded", "z", sp.Rational(1, 2))]
+
+
+@pytest.mark.parametrize(
+    "preset, options, message",
+    [
+        ("gdn-heads", {"heads": "12"}, "does not use it here: heads = d_model / (8 d_k)"),
+        ("transformer", {"head_dim": "8", "heads": "12"}, "heads = d_model / head_dim"),
+        ("gdn", {"d_k": "4"}, "d_k = d_model / 8"),
+        ("gdn", {"attn_heads": "4"}, "no attention blocks"),
+        ("transformer", {"head_dim": "0"}, "head_dim must be a positive integer"),
+        ("gdn", {"attn_every": "9", "layers": "2"}, "leaves no attention block"),
+        ("mlp", {"classes": "1"}, "classes must be at least 2"),
+        ("transformer", {"vocab": "1"}, "vocab must be at least 2"),
+    ],
+)
+def test_preset_options_that_would_be_ignored_or_degenerate(preset, options, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load(preset, options)
