@@ -235,11 +235,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict | None) -> Config:
-    """Apply `key=value` strings (or a mapping) to cfg in place and return it."""
+    """Apply `key=value` strings (or a mapping) to cfg in place, check the values' ranges, return cfg."""
     items = overrides.items() if isinstance(overrides, dict) else [_pair(p) for p in overrides or []]
     for key, value in items:
         _set(cfg, key, value, "--set ")
+    check(cfg)
     return cfg
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# key -> (test of the value, what it must be)
+_RANGES = {
+    "model.width": (lambda v: v >= 1, "a positive integer"),
+    "model.base_width": (lambda v: v >= 1, "a positive integer"),
+    "data.seq": (lambda v: v >= 1, "a positive integer"),
+    "data.batch": (lambda v: v >= 1, "a positive integer"),
+    "train.steps": (lambda v: v >= 1, "a positive integer"),
+    "train.warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "train.lr": (lambda v: _finite(v) and v > 0, "a positive number"),
+    "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.weight_decay": (lambda v: _finite(v) and v >= 0, "a number >= 0"),
+    "train.grad_clip": (lambda v: _finite(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+    "train.betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "train.eps": (lambda v: _finite(v) and v > 0, "a positive number"),
+    "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.dtype": (lambda v: v in ("bf16", "fp32"), "bf16 or fp32"),
+    "train.device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "train.eval_every": (lambda v: v >= 0, "an integer >= 0 (0: the last step only)"),
+    "train.eval_batches": (lambda v: v >= 1, "a positive integer"),
+    "train.log_every": (lambda v: v >= 0, "an integer >= 0 (0: the last step only)"),
+    "train.ckpt_every": (lambda v: v >= 0, "an integer >= 0 (0: the end only)"),
+    "train.keep_ckpts": (lambda v: v >= 1, "a positive integer"),
+    "train.diverge_margin": (lambda v: v is None or _finite(v) and v > 0, "a positive number, or null for none"),
+    "train.peak_flops": (lambda v: v is None or _finite(v) and v > 0, "a positive number, or null"),
+    "out": (lambda v: bool(v and v.strip()), "a folder path"),
+}
+
+
+def check(cfg: Config) -> None:
+    """Every value in its range; a ConfigError names the key otherwise."""
+    for key, (ok, what) in _RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
 
 
 def _option(value) -> str:

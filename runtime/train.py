@@ -96,6 +96,8 @@ class _Dist:
         self.on = self.world > 1
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device is cuda, but no CUDA device is visible (use auto or cpu)")
         if device == "cuda":
             torch.cuda.set_device(self.local)
             self.device = torch.device("cuda", self.local)
