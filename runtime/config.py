@@ -259,7 +259,8 @@ _RANGES = {
     "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.weight_decay": (lambda v: _finite(v) and v >= 0, "a number >= 0"),
     "train.grad_clip": (lambda v: _finite(v) and v >= 0, "a number >= 0 (0: no clipping)"),
-    "train.betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "train.betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v),
+                    "two numbers in [0, 1)"),
     "train.eps": (lambda v: _finite(v) and v > 0, "a positive number"),
     "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.dtype": (lambda v: v in ("bf16", "fp32"), "bf16 or fp32"),
@@ -269,7 +270,7 @@ _RANGES = {
     "train.log_every": (lambda v: v >= 0, "an integer >= 0 (0: the last step only)"),
     "train.ckpt_every": (lambda v: v >= 0, "an integer >= 0 (0: the end only)"),
     "train.keep_ckpts": (lambda v: v >= 1, "a positive integer"),
-    "train.diverge_margin": (lambda v: v is None or _finite(v) and v > 0, "a positive number, or null for none"),
+    "train.diverge_margin": (lambda v: v is None or _finite(v) and v > 0, "a positive number, or null"),
     "train.peak_flops": (lambda v: v is None or _finite(v) and v > 0, "a positive number, or null"),
     "out": (lambda v: bool(v and v.strip()), "a folder path"),
 }

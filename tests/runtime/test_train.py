@@ -137,7 +137,8 @@ def test_zero_eval_and_log_intervals_mean_the_last_step_only(byte_data, tmp_path
     "key, value",
     [("train.steps", "0"), ("train.lr", "0"), ("train.lr", "-0.01"), ("train.dtype", "fp64"),
      ("train.device", "gpu"), ("train.grad_clip", "-1"), ("train.min_lr_ratio", "5"), ("train.eps", "-1"),
-     ("train.betas", "[0.9]"), ("train.betas", "[2, 3]"), ("train.peak_flops", "-5"), ("train.keep_ckpts", "0"),
+     ("train.betas", "[0.9]"), ("train.betas", "[2, 3]"), ("train.peak_flops", "-5"),
+     ("train.keep_ckpts", "0"),
      ("data.batch", "0"), ("data.seq", "0"), ("model.width", "0"), ("out", "")],
 )
 def test_out_of_range_values_are_refused_naming_the_key(key, value):
