@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def byte_batch(batch: int, seq: int, seed: int = 0) -> tuple[torch.Tensor, torch
 # `mudelta data prepare`: text sources -> tokenizer -> token shards (numpy memmaps) with a JSON header
 
 FORMAT = "mudelta-tokens/1"
+MAX_VOCAB = 1 << 20  # a BPE vocabulary at most this large
 EOT = "<|endoftext|>"
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "node_modules"}
 CHUNK = 1 << 20  # a file larger than this is split at line ends into documents of about this size
@@ -64,14 +66,17 @@ def _walk(root: Path, pattern: str) -> list[Path]:
         out += [
             Path(dirpath) / f
             for f in sorted(filenames)
-            if fnmatch.fnmatch(f, pattern) and not f.startswith(".")
-        ]
+            if fnmatch.fnmatch(f, pattern) and not f.startswith(".") and (Path(dirpath) / f).is_file()
+        ]  # regular files only: a pipe or socket in the tree would block the read
     return out
 
 
 def _is_hf_dataset(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")
+    """save_to_disk's folder: a dataset_dict.json, or a state.json beside dataset_info.json and .arrow files."""
+    if not path.is_dir():
+        return False
+    return (path / "dataset_dict.json").exists() or (
+        (path / "state.json").exists() and (path / "dataset_info.json").exists() and any(path.glob("*.arrow"))
     )
 
 
@@ -128,8 +133,9 @@ def documents(sources: list[str] | None, pattern: str | None = None, text_column
             for doc_id, data in _file_documents(path):
                 yield f"stdlib:{root}", doc_id, data
         return
+    seen: set[Path] = set()  # a file named twice (or reached through two sources) is one document
     for source in sources:
-        if any(c in source for c in "*?["):
+        if any(c in source for c in "*?[") and not Path(source).exists():  # an existing name is literal
             paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             if not paths:
                 raise DataError(f"source {source!r}: no files match this pattern")
@@ -148,6 +154,9 @@ def documents(sources: list[str] | None, pattern: str | None = None, text_column
                     + (f" matching {pattern!r}" if pattern else "")
                 )
         for p in paths:
+            if p.resolve() in seen:
+                continue
+            seen.add(p.resolve())
             for doc_id, data in _file_documents(p):
                 yield source, doc_id, data
 
@@ -222,9 +231,13 @@ def prepare(
             f"--vocab-size {vocab_size}: a byte-level BPE needs more than 257 tokens (256 bytes + "
             "the end-of-text token)"
         )
+    if tokenizer == "bpe" and vocab_size > MAX_VOCAB:
+        raise DataError(f"--vocab-size {vocab_size}: at most {MAX_VOCAB}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction}: expected a number between 0 and 1")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: a file is in the way (the output is a folder)")
     label = ", ".join(sources) if sources else f"the standard library at {stdlib_root()}"
     docs = {"train": [], "val": []}
     stats: dict[str, dict] = {}
@@ -252,10 +265,30 @@ def prepare(
     if not docs["train"]:
         docs["val"].sort(key=lambda kd: kd[0])
         docs["train"].append(docs["val"].pop())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "header.json").unlink(missing_ok=True)
-    for old in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
-        old.unlink()
+    # built in a new folder beside `out` and moved in at the end (header.json last): a failed or interrupted
+    # run leaves the old data as it was; other files in `out` stay
+    final, out = out, out.parent / f".{out.name}.preparing-{os.getpid()}"
+    final.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        header = _write(docs, out, tokenizer, vocab_size, val_fraction, stats, shard_tokens, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    (final / "header.json").unlink(missing_ok=True)
+    for old in [*final.glob("train-*.bin"), *final.glob("val-*.bin"), final / "tokenizer.json"]:
+        old.unlink(missing_ok=True)
+    for f in sorted(out.iterdir(), key=lambda f: f.name == "header.json"):
+        os.replace(f, final / f.name)
+    out.rmdir()
+    return header
+
+
+def _write(docs, out, tokenizer, vocab_size, val_fraction, stats, shard_tokens, progress) -> dict:
+    """Tokenizer, shards and header.json (last) of `prepare` in the empty folder `out`."""
+    from tqdm import tqdm
+
     if tokenizer == "bpe":
         tok = _bpe((d for _, d in docs["train"]), vocab_size, len(docs["train"]), progress)
         vocab, eot = tok.get_vocab_size(), tok.token_to_id(EOT)
@@ -303,9 +336,7 @@ def prepare(
             "tokens": sum(s["tokens"] for s in writer.shards),
             "shards": writer.shards,
         }
-    tmp = out / "header.json.tmp"
-    tmp.write_text(json.dumps(header, indent=1) + "\n")
-    os.replace(tmp, out / "header.json")
+    (out / "header.json").write_text(json.dumps(header, indent=1) + "\n")
     return header
 
 

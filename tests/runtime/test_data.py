@@ -38,6 +38,39 @@ def test_bytes_shards_and_header(tmp_path):
     assert x.shape == (4, 16) and (x[:, 1:] == y[:, :-1]).all()
 
 
+def test_a_failed_prepare_keeps_the_old_data(tmp_path, monkeypatch):
+    src, out = corpus(tmp_path), tmp_path / "out"
+    data.prepare([str(src)], out, "bytes", val_fraction=0.2, progress=False)
+    (out / "NOTES.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_bpe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare([str(src)], out, "bpe", vocab_size=300, val_fraction=0.2, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # and no half-built folder beside it
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["corpus", "out"]
+    monkeypatch.undo()
+    h = data.prepare([str(src)], out, "bpe", vocab_size=300, val_fraction=0.2, progress=False)
+    assert json.loads((out / "header.json").read_text()) == h and (out / "NOTES.txt").read_text() == "mine"
+    with pytest.raises(data.DataError, match="--vocab-size 99999999999: at most"):
+        data.prepare([str(src)], out, "bpe", vocab_size=99999999999, progress=False)
+
+
+def test_sources_are_read_as_named(tmp_path):
+    src = corpus(tmp_path)
+    odd = tmp_path / "weird[1].txt"
+    odd.write_text("a file whose name looks like a glob\n" * 20)
+    (src / "state.json").write_text("{}")  # a checkpoint-like folder is not a datasets folder
+    once = data.prepare([str(src), str(odd)], tmp_path / "a", "bytes", val_fraction=0.2, progress=False)
+    twice = data.prepare([str(src), str(odd), str(odd), str(src / "doc00.txt")], tmp_path / "b", "bytes",
+                         val_fraction=0.2, progress=False)
+    count = lambda h: sum(h["splits"][s]["documents"] for s in ("train", "val"))  # noqa: E731
+    assert count(once) == count(twice) == 14  # 12 + state.json + weird[1].txt, each file once
+
+
 def test_split_is_a_function_of_the_documents(tmp_path):
     src = corpus(tmp_path)
     a = data.prepare([str(src / "sub"), str(src / "*.txt")], tmp_path / "a", "bytes", 0.3, progress=False)
