@@ -72,7 +72,7 @@ def _walk(root: Path, pattern: str) -> list[Path]:
 
 
 def _is_hf_dataset(path: Path) -> bool:
-    """save_to_disk's folder: a dataset_dict.json, or a state.json beside dataset_info.json and .arrow files."""
+    """save_to_disk's folder: a dataset_dict.json, or state.json beside dataset_info.json and .arrow files."""
     if not path.is_dir():
         return False
     return (path / "dataset_dict.json").exists() or (
