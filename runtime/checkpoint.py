@@ -97,6 +97,15 @@ def _join_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+FILES = ("model.safetensors", "optimizer.safetensors")
+
+
+def _state_digest(meta: dict) -> str:
+    """sha256 of state.json's content without its own digest: an edited or damaged state.json shows."""
+    body = {k: v for k, v in meta.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict, keep: int = 2) -> Path:
     """Write checkpoint `directory`/step_NNNNNNNN atomically (call on one rank), point `latest` at it, and
     remove all but the newest `keep`."""
@@ -117,8 +126,9 @@ def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict
         "rng": rng_meta,
         "optimizer": opt_meta,
         **extra,
-        "files": {f: _sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")},
+        "files": {f: _sha256(tmp / f) for f in FILES},
     }
+    meta["state_sha256"] = _state_digest(meta)
     (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -159,8 +169,19 @@ def load(path: Path, config_hash: str, config: dict | None = None) -> tuple[dict
         raise CheckpointError(f"checkpoint {path}: no state.json (incomplete or not a checkpoint)") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {state_file} is corrupt: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"checkpoint {path}: format {got!r}, expected {FORMAT!r}")
+    if "state_sha256" in meta and meta["state_sha256"] != _state_digest(meta):
+        raise CheckpointError(f"checkpoint {state_file} was edited or damaged: its content does not match "
+                              "its state_sha256; delete the checkpoint to resume from an earlier one")
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or path.name != f"step_{step:08d}":
+        raise CheckpointError(f"checkpoint {path}: state.json says step {step!r}, the folder another")
+    if not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(FILES):
+        raise CheckpointError(f"checkpoint {state_file}: 'files' must list the hashes of {', '.join(FILES)}")
+    if not isinstance(meta.get("optimizer"), dict):
+        raise CheckpointError(f"checkpoint {state_file}: no optimizer state description")
     if meta.get("config_hash") != config_hash:
         diff = _diff(meta.get("config", {}), config or {})
         raise CheckpointError(

@@ -357,6 +357,8 @@ class TokenData:
         if self.header.get("format") != FORMAT:
             raise DataError(f"data {head}: format {self.header.get('format')!r}, expected {FORMAT!r}")
         self.vocab_size = int(self.header["tokenizer"]["vocab_size"])
+        # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
+        self.fingerprint = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:16]
         self.dtype = np.dtype(self.header["dtype"])
         self._maps: dict[str, list[np.ndarray]] = {}
 

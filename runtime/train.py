@@ -253,6 +253,11 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         path = checkpoint.latest(ckdir) if resume else None
         if path is not None:
             model_sd, opt_sd, meta = checkpoint.load(path, cfg.trajectory_hash(), cfg.trajectory())
+            if meta.get("data_fingerprint", data.fingerprint) != data.fingerprint:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {path} was trained on other data than {cfg.data.path} holds now (prepared "
+                    "again, or from other sources); refusing to resume: restore the data or use a new out folder"
+                )
             set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))
             # plain SGD keeps no optimizer state, and a group with momentum 0 none for its parameters (the
             # config, checked by its hash, rebuilds the groups; the schedule sets their lrs)
@@ -312,6 +317,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     "val_loss": val_loss,
                     "init_loss": init_loss,
                     "data_position": batches.position(at),
+                    "data_fingerprint": data.fingerprint,
                     "world_size": dev.world,
                 }
                 checkpoint.save(ckdir, at, model_sd, opt_sd, extra, keep=t.keep_ckpts)

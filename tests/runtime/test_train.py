@@ -44,9 +44,10 @@ def test_resume_is_bit_exact(byte_data, tmp_path):
     # a sweep that lost its results file resumes a finished trial at its last checkpoint: same final loss
     again = run(cfg_b, resume=True, progress=False)
     assert again["final_val_loss"] == result["final_val_loss"] and again["tokens"] == result["tokens"]
-    # a checkpoint written before it kept the loss: the loss logged at that step
+    # a checkpoint written before it kept the loss (and before state.json had its own hash): the loss logged
     state = b / "checkpoints" / "step_00000006" / "state.json"
-    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "val_loss"}))
+    old = {k: v for k, v in json.loads(state.read_text()).items() if k not in ("val_loss", "state_sha256")}
+    state.write_text(json.dumps(old))
     assert run(cfg_b, resume=True, progress=False)["final_val_loss"] == result["final_val_loss"]
 
 
@@ -91,6 +92,26 @@ def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_pa
     ]
     assert main(args) == 2
     assert "model.safetensors is corrupt" in capsys.readouterr().err
+    # a hand-edited state.json (a step moved on, the file hashes dropped) is refused, not trusted; so is
+    # other data under data.path than the checkpoint was trained on
+    out = tmp_path / "run2"
+    run(load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2})), progress=False)
+    args = ["train", "--resume", "--quiet"] + [
+        x for o in tiny_overrides(byte_data, out, **{"train.steps": 2}) for x in ("--set", o)
+    ]
+    state = out / "checkpoints" / "step_00000002" / "state.json"
+    meta = json.loads(state.read_text())
+    for edit, message in (({"step": 1}, "edited or damaged"), ({"files": {}}, "edited or damaged")):
+        state.write_text(json.dumps({**meta, **edit}))
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    body = {k: v for k, v in meta.items() if k != "state_sha256"}  # without the digest: the checks behind it
+    state.write_text(json.dumps({**body, "data_fingerprint": "0" * 16}))
+    assert main(args) == 2 and "trained on other data" in capsys.readouterr().err
+    for edit, message in (({"step": 5}, "says step 5"), ({"files": {}}, "'files' must list")):
+        state.write_text(json.dumps({**body, **edit}))
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
