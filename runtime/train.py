@@ -256,7 +256,8 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             if meta.get("data_fingerprint", data.fingerprint) != data.fingerprint:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {path} was trained on other data than {cfg.data.path} holds now (prepared "
-                    "again, or from other sources); refusing to resume: restore the data or use a new out folder"
+                    "again, or from other sources); refusing to resume: restore the data or use a new out "
+                    "folder"
                 )
             set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))
             # plain SGD keeps no optimizer state, and a group with momentum 0 none for its parameters (the
