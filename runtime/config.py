@@ -96,6 +96,9 @@ class Config:
                 d["train"].pop(key)
         if not d["model"]["derived_norm_eps"]:  # likewise for the norm eps rule, off by default
             d["model"].pop("derived_norm_eps")
+        module = d["model"]["module"]
+        if module and Path(module).is_file():  # a generated model is what it holds, wherever it lies
+            d["model"]["module"] = "sha256:" + hashlib.sha256(Path(module).read_bytes()).hexdigest()[:16]
         d.pop("out")
         return d
 

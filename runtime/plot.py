@@ -29,18 +29,35 @@ def read_many(paths: list[str | Path]) -> list[dict]:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """The rows of a results file; for a trial recorded more than once, the last row (a row without a seed is
-    seed 0, the default)."""
+    """The rows of a results file; for a trial recorded more than once, the last row with an outcome (ok or
+    diverged; an error row only where the trial has no outcome). A row without a seed is seed 0."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a results file (a folder?)")
     rows: dict[tuple, dict] = {}
     for n, row in read_rows(path):
         missing = {"width", "lr", "parametrization", "optimizer"} - set(row)
         if missing:
             raise ValueError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
-        rows[row["parametrization"], row["optimizer"], row["width"], row["lr"], row.get("seed", 0)] = row
+        _check_row(row, f"{path}:{n}")
+        key = row["parametrization"], row["optimizer"], row["width"], row["lr"], row.get("seed", 0)
+        if row.get("status") != "error" or rows.get(key, {}).get("status", "error") == "error":
+            rows[key] = row
     return list(rows.values())
+
+
+def _check_row(row: dict, where: str) -> None:
+    """The fields the plot reads have their types."""
+    if isinstance(row["width"], bool) or not isinstance(row["width"], int):
+        raise ValueError(f"{where}: width must be an integer, got {row['width']!r}")
+    if isinstance(row["lr"], bool) or not isinstance(row["lr"], (int, float)):
+        raise ValueError(f"{where}: lr must be a number, got {row['lr']!r}")
+    for key in ("final_val_loss", "best_val_loss"):
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"{where}: {key} must be a number or null, got {v!r}")
 
 
 def _loss(row: dict, metric: str) -> float | None:

@@ -291,7 +291,12 @@ def run_sweep(
 
     def record(row: dict):
         with lock:
-            with open(results, "a") as fh:
+            with open(results, "a+") as fh:  # a row cut off by a kill gets its line ended, not joined
+                fh.seek(0, os.SEEK_END)
+                if fh.tell():
+                    fh.seek(fh.tell() - 1)
+                    if fh.read(1) != "\n":
+                        fh.write("\n")
                 fh.write(json.dumps(row) + "\n")
             rows.append(row)
             loss = row["final_val_loss"]

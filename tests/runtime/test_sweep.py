@@ -1,6 +1,7 @@
 """Sweeps (grid, skip finished, shards, the tiny preset) and the summary `mudelta plot` prints."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,23 @@ def test_shards_then_skip_finished(byte_data, tmp_path):
     assert run_sweep(base, grid, devices=[], progress=False) == []  # everything finished: nothing runs
     base2, grid2 = load_sweep(str(path), None, ["train.steps=3"])  # a changed config is a new trial
     assert len(run_sweep(base2, grid2, shard_spec="0/4", devices=[], progress=False)) == 2
+    # a sweep folder copied elsewhere still knows its finished trials (keyed by the model's content)
+    shutil.copytree(tmp_path / "sw", tmp_path / "moved")
+    moved, grid3 = load_sweep(str(path), None, [f"out={tmp_path / 'moved'}"])
+    assert run_sweep(moved, grid3, devices=[], progress=False) == []
+    # a row cut off by a kill: the next row starts a line of its own, and both the others survive
+    results = tmp_path / "moved" / "results.jsonl"
+    lines = results.read_text().splitlines()[:8]  # the grid's rows (the steps=3 ones after them)
+    results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
+    again = run_sweep(moved, grid3, devices=[], progress=False)
+    assert len(again) == 1 and json.loads(results.read_text().splitlines()[-1]) == again[0]
+    # an error row recorded after a finished one does not hide it from the plot
+    error = {**again[0], "status": "error", "final_val_loss": None, "error": "boom"}
+    with open(results, "a") as fh:
+        fh.write(json.dumps(error) + "\n")
+    kept = [r for r in plot.read_results(results) if (r["width"], r["lr"], r["parametrization"]) ==
+            (error["width"], error["lr"], error["parametrization"])]
+    assert [r["status"] for r in kept] == ["ok"]
 
 
 def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):
