@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,9 +81,14 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
     else:
         if path is None:
             raise ConfigError("mudelta sweep: give a config file or --preset")
-        raw = yaml.safe_load(Path(path).read_text()) if Path(path).exists() else None
-        if raw is None and not Path(path).exists():
-            raise ConfigError(f"config {path}: no such file")
+        if not Path(path).is_file():
+            raise ConfigError(f"config {path}: " + ("a folder, not a file" if Path(path).is_dir() else "no such file"))
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, sweep")
         grid = (raw or {}).get("sweep")
         if not isinstance(grid, dict):
             raise ConfigError(
@@ -92,9 +98,13 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
     for item in grid_sets:
         key, _, value = item.partition("=")
         parts = key.split(".")[1:]
+        if not parts or not all(parts) or "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected sweep.KEY=VALUE, e.g. sweep.widths=[32,64]")
         node = grid
         for k in parts[:-1]:
-            node = node.setdefault(k, {}) if isinstance(node.get(k, {}), dict) else node[k]
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: sweep.{k} is not a mapping (set it whole: sweep.{k}=...)")
         try:
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
@@ -116,11 +126,32 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
         raise ConfigError(f"sweep.seeds: expected a non-empty list of distinct integers, got {seeds!r}")
     if "lrs" not in grid:
         raise ConfigError("sweep: no `lrs` (a list, or a mapping optimizer -> list)")
+    widths = grid["widths"]
+    if not isinstance(widths, list) or not widths or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ConfigError(f"sweep.widths: expected a non-empty list of positive integers, got {widths!r}")
+    for key in ("parametrizations", "optimizers"):
+        if not isinstance(grid[key], list) or not grid[key] or not all(isinstance(x, str) for x in grid[key]):
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of names, got {grid[key]!r}")
     lrs = grid["lrs"]
     for opt in grid["optimizers"]:
         if isinstance(lrs, dict) and opt not in lrs:
             raise ConfigError(f"sweep.lrs: no learning rates for optimizer {opt!r}")
+    for name, values in lrs.items() if isinstance(lrs, dict) else [("", lrs)]:
+        key = f"sweep.lrs{'.' + name if name else ''}"
+        if not isinstance(values, list) or not values or not all(_positive(v) for v in values):
+            raise ConfigError(f"{key}: expected a non-empty list of positive learning rates, got {values!r}")
     return base, grid
+
+
+def _positive(v) -> bool:
+    """A positive number (YAML reads 1e-3, without a dot, as a string)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return False
+    try:
+        return math.isfinite(float(v)) and float(v) > 0
+    except ValueError:
+        return False
 
 
 def trials(base: Config, grid: dict) -> list[Trial]:
@@ -260,7 +291,11 @@ def run_sweep(
 
     from .data import TokenData, prepare
 
+    if per_gpu < 1 or workers < 1:
+        raise ConfigError(f"--per-gpu and --workers must be at least 1, got {per_gpu} and {workers}")
     results = Path(results) if results else Path(base.out) / "results.jsonl"
+    if results.is_dir():
+        raise ConfigError(f"--results {results}: a folder; give the results file's path")
     data = Path(base.data.path)
     if not (data / "header.json").exists():
         if data.resolve().parent != Path(base.out).resolve():

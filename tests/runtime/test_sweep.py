@@ -78,6 +78,34 @@ def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):
     assert rows[30.0]["status"] == "diverged" and rows[30.0]["diverged"] and rows[30.0]["error"]
 
 
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["sweep.widths=32"], "sweep.widths: expected a non-empty list of positive integers"),
+        (["sweep.widths=[32, abc]"], "sweep.widths: expected"),
+        (["sweep.lrs=0.01"], "sweep.lrs: expected a non-empty list"),
+        (["sweep.lrs=[0.01, abc]"], "sweep.lrs: expected"),
+        (["sweep.lrs=[0.01]", "sweep.lrs.adamw=[0.01]"], "sweep.lrs is not a mapping"),
+        (["sweep.widths"], "expected sweep.KEY=VALUE"),
+    ],
+)
+def test_bad_grids_are_refused_naming_the_key(byte_data, tmp_path, sets, message):
+    path = sweep_file(byte_data, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        load_sweep(str(path), None, sets)
+
+
+def test_bad_sweep_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("sweep: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_sweep(str(bad), None, None)
+    with pytest.raises(ValueError, match="a folder, not a file"):
+        load_sweep(str(tmp_path), None, None)
+    assert load_sweep(None, "tiny", ["sweep.lrs=[1e-3, 2e-3]"])[1]["lrs"] == ["1e-3", "2e-3"]  # YAML's strings
+
+
 def test_shard_spec():
     assert shard(list(range(5)), "1/2") == [1, 3]
     with pytest.raises(ValueError, match="0 <= i < N"):
