@@ -82,7 +82,8 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
         if path is None:
             raise ConfigError("mudelta sweep: give a config file or --preset")
         if not Path(path).is_file():
-            raise ConfigError(f"config {path}: " + ("a folder, not a file" if Path(path).is_dir() else "no such file"))
+            what = "a folder, not a file" if Path(path).is_dir() else "no such file"
+            raise ConfigError(f"config {path}: {what}")
         try:
             raw = yaml.safe_load(Path(path).read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

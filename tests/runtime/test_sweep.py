@@ -103,7 +103,7 @@ def test_bad_sweep_files_are_refused(tmp_path):
             load_sweep(str(bad), None, None)
     with pytest.raises(ValueError, match="a folder, not a file"):
         load_sweep(str(tmp_path), None, None)
-    assert load_sweep(None, "tiny", ["sweep.lrs=[1e-3, 2e-3]"])[1]["lrs"] == ["1e-3", "2e-3"]  # YAML's strings
+    assert load_sweep(None, "tiny", ["sweep.lrs=[1e-3, 2e-3]"])[1]["lrs"] == ["1e-3", "2e-3"]  # YAML: strings
 
 
 def test_shard_spec():
