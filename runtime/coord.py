@@ -131,7 +131,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
                 base_width: int | None = None, device: str = "cpu", dtype: str = "float32",
                 derived_norm_eps: bool = False) -> dict:
     """Measured slopes vs predicted exponents for every node. The models are generated with every rule 1 at
-    `base_width` (default: the first width), so that widths far above it can be measured at the same base.
+    `base_width` (default: the smallest width), so that widths far above it can be measured at the same base.
     `dtype` float32 or float64 (a float64 check has no rounding floor under the smallest changes); on a GPU
     TF32 is off for the check's duration. derived_norm_eps: the norms take the derived eps rule."""
     overrides = dict(overrides or {})
@@ -139,8 +139,15 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         overrides["vocab"] = "256"  # the batch is bytes
     graph = load(spec, overrides)
     widths = sorted(int(w) for w in widths)
-    if len(widths) < 2:
-        raise ValueError("a coordinate check needs at least two widths")
+    if len(set(widths)) < 2:
+        raise ValueError("a coordinate check needs at least two different widths")
+    if len(set(widths)) < len(widths):
+        raise ValueError(f"widths {widths}: a width is given twice")
+    for name, value, low in (("steps", steps, 0), ("seeds", seeds, 1), ("batch", batch, 1), ("seq", seq, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {lr!r}")
     try:
         dev = torch.device(device)
     except RuntimeError as e:

@@ -53,9 +53,16 @@ def test_cli_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
-def test_bad_widths():
-    with pytest.raises(ValueError, match="at least two widths"):
-        coord.coord_check("mlp", {}, widths=(64,), progress=False)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"widths": (64,)}, "at least two different widths"), ({"widths": (64, 64)}, "at least two different"),
+     ({"widths": (64, 64, 128)}, "a width is given twice"), ({"steps": -1}, "--steps must be an integer >= 0"),
+     ({"seeds": 0}, "--seeds must be"), ({"batch": 0}, "--batch must be"), ({"seq": 0}, "--seq must be"),
+     ({"lr": -1.0}, "--lr must be a positive number")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        coord.coord_check("mlp", {}, **{"widths": (64, 128), **kwargs}, progress=False)
 
 
 def test_base_width_batch_and_seq_are_recorded(capsys):
