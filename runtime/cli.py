@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument(
-        "--widths", default="64,128,256,512,1024", help="comma-separated widths; the smallest is the base unless --base-width"
+        "--widths",
+        default="64,128,256,512,1024",
+        help="comma-separated widths; the smallest is the base unless --base-width",
     )
     p.add_argument("--steps", type=int, default=3, help="optimizer steps after init (default 3)")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: per optimizer)")

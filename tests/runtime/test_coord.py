@@ -56,7 +56,7 @@ def test_cli_json_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"widths": (64,)}, "at least two different widths"), ({"widths": (64, 64)}, "at least two different"),
-     ({"widths": (64, 64, 128)}, "a width is given twice"), ({"steps": -1}, "--steps must be an integer >= 0"),
+     ({"widths": (64, 64, 128)}, "a width is given twice"), ({"steps": -1}, "--steps must be an integer"),
      ({"seeds": 0}, "--seeds must be"), ({"batch": 0}, "--batch must be"), ({"seq": 0}, "--seq must be"),
      ({"lr": -1.0}, "--lr must be a positive number")],
 )
