@@ -176,8 +176,8 @@ def load_module(source: str | Path, name: str = "mudelta_generated"):
     """Import a generated module from its source text or a file path."""
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".py")):
         path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"no generated model at {path}")
+        if not path.is_file() or path.suffix != ".py":
+            raise FileNotFoundError(f"no generated model at {path} (a .py file written by mudelta codegen)")
     else:
         path = Path(tempfile.mkdtemp(prefix="mudelta_")) / f"{name}.py"
         path.write_text(source)

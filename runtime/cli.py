@@ -134,11 +134,13 @@ def cmd_docs(args) -> int:
 def cmd_data_prepare(args) -> int:
     from mudelta.runtime.data import prepare
 
+    if args.tokenizer == "bytes" and args.vocab_size is not None:
+        raise ValueError("--vocab-size is for --tokenizer bpe; bytes always have 256 tokens")
     header = prepare(
         args.sources,
         args.out,
         args.tokenizer,
-        args.vocab_size,
+        8192 if args.vocab_size is None else args.vocab_size,
         args.val_fraction,
         args.pattern,
         args.text_column,
@@ -197,6 +199,8 @@ def cmd_plot(args) -> int:
 
     rows = plot.read_many(args.results)
     summary = plot.summarize(rows, args.metric)
+    if not summary:
+        raise ValueError(f"no finished trials to summarise in {', '.join(args.results)}")
     if args.output != "none":
         plot.plot(rows, args.output, args.metric)
     if args.format == "json":
@@ -309,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the running interpreter's standard library, *.py)",
     )
     p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default 8192)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents for validation")
     p.add_argument(

@@ -222,11 +222,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config {path}: no such file")
+        if not path.is_file():
+            raise ConfigError(f"config {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, out")

@@ -352,14 +352,22 @@ class TokenData:
             raise DataError(f"data {self.path}: no header.json{hint}; create it with `mudelta data prepare`")
         try:
             self.header = json.loads(head.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"data {head}: not valid JSON ({exc})") from None
-        if self.header.get("format") != FORMAT:
-            raise DataError(f"data {head}: format {self.header.get('format')!r}, expected {FORMAT!r}")
-        self.vocab_size = int(self.header["tokenizer"]["vocab_size"])
+        if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
+            got = self.header.get("format") if isinstance(self.header, dict) else self.header
+            raise DataError(f"data {head}: format {got!r}, expected {FORMAT!r}")
+        try:
+            self.vocab_size = int(self.header["tokenizer"]["vocab_size"])
+            self.dtype = np.dtype(self.header["dtype"])
+            shards = [s for name in ("train", "val") for s in self.header["splits"][name]["shards"]]
+            if not all(isinstance(s["file"], str) and int(s["tokens"]) >= 0 for s in shards):
+                raise ValueError("a shard without a file name or token count")
+        except (KeyError, TypeError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise DataError(f"data {head}: damaged header ({why}); prepare it again") from None
         # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
         self.fingerprint = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:16]
-        self.dtype = np.dtype(self.header["dtype"])
         self._maps: dict[str, list[np.ndarray]] = {}
 
     def split(self, name: str) -> list[np.ndarray]:

@@ -225,6 +225,8 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     t = cfg.train
     _check_momentum_by_kind(cfg)  # before anything is written
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out}: a file is in the way (a run writes a folder)")
     dev = _Dist(t.device)
     try:
         main = dev.rank == 0

@@ -59,6 +59,16 @@ def test_a_failed_prepare_keeps_the_old_data(tmp_path, monkeypatch):
         data.prepare([str(src)], out, "bpe", vocab_size=99999999999, progress=False)
 
 
+def test_a_damaged_header_is_named(tmp_path, capsys):
+    out = tmp_path / "out"
+    h = data.prepare([str(corpus(tmp_path))], out, "bytes", val_fraction=0.2, progress=False)
+    (out / "header.json").write_text(json.dumps({k: v for k, v in h.items() if k != "tokenizer"}))
+    with pytest.raises(data.DataError, match="header.json: damaged header"):
+        data.TokenData(out)
+    assert main(["data", "prepare", str(tmp_path / "corpus"), "--out", str(out), "--vocab-size", "300"]) == 2
+    assert "--vocab-size is for --tokenizer bpe" in capsys.readouterr().err
+
+
 def test_sources_are_read_as_named(tmp_path):
     src = corpus(tmp_path)
     odd = tmp_path / "weird[1].txt"

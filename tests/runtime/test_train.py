@@ -145,6 +145,18 @@ def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
     assert margin["diverged"] and "diverge_margin" in margin["error"]
 
 
+def test_paths_in_the_way_are_named(byte_data, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="a file is in the way"):
+        run(load_config(None, tiny_overrides(byte_data, blocker)), progress=False)
+    with pytest.raises(ConfigError, match="a folder, not a file"):
+        load_config(tmp_path)
+    cfg = load_config(None, tiny_overrides(byte_data, tmp_path / "m", **{"model.module": str(blocker)}))
+    with pytest.raises(FileNotFoundError, match="a .py file written by mudelta codegen"):
+        run(cfg, progress=False)
+
+
 def test_zero_eval_and_log_intervals_mean_the_last_step_only(byte_data, tmp_path):
     out = tmp_path / "z"
     cfg = load_config(None, tiny_overrides(byte_data, out, **{"train.eval_every": 0, "train.log_every": 0}))
