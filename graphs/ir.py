@@ -192,8 +192,24 @@ class Graph:
         self.order = list(nx.lexicographical_topological_sort(self.dag, key=index.__getitem__))
         outputs = [n for n in self.order if nodes[n].op == "cross_entropy"]
         if len(outputs) != 1:
-            raise SpecError(f"graph {name!r} needs exactly one cross_entropy loss node, has {len(outputs)}")
+            where = nodes[outputs[1]].where if outputs else None
+            raise SpecError(f"graph {name!r} needs exactly one cross_entropy loss node, has {len(outputs)}",
+                            where)
         self.loss = outputs[0]
+        after = list(self.dag.successors(self.loss))
+        if after:
+            raise SpecError(f"node {after[0]!r} uses the loss {self.loss!r}; the loss is the graph's last "
+                            "node", nodes[after[0]].where)
+        feeding = nx.ancestors(self.dag, self.loss) | {self.loss}
+        dead = [n for n in self.order if n not in feeding]
+        if dead:
+            raise SpecError(f"node {dead[0]!r} does not reach the loss (nothing it computes is trained or "
+                            f"measured){'; also ' + ', '.join(map(repr, dead[1:4])) if dead[1:] else ''}",
+                            nodes[dead[0]].where)
+        if not any(p.trainable for p in params.values()):
+            raise SpecError(f"graph {name!r} has no trainable parameter: there is nothing to derive")
+        if not any(d.scales for d in dims.values()):
+            raise SpecError(f"graph {name!r}: no dim grows with the width (give one a size in n, e.g. n/8)")
 
     def consumers(self, name: str) -> list[str]:
         return list(self.dag.successors(name))
@@ -410,6 +426,10 @@ class GraphBuilder:
 
     def attention(self, name, q, k, v, over, slot, standard=None):
         """Causal softmax attention, expanded into dot -> scale (logit multiplier slot) -> softmax -> mix."""
+        taken = [n for n in (f"{name}_scores", f"{name}_logits", f"{name}_probs") if n in self.nodes]
+        if taken:
+            raise SpecError(f"node {name!r} (attention) makes nodes {name}_scores, _logits and _probs, but "
+                            f"{taken} already exist", self.where)
         s = self.dot(f"{name}_scores", q, k, over)
         s = self.scale(f"{name}_logits", s, slot, standard=standard)
         p = self.softmax(f"{name}_probs", s)

@@ -46,7 +46,9 @@ def random_graph(draw):
             v = b.linear(f"{name}_v", u, ["w"], f"p{i}.v.weight")
             out = b.attention(name, q, k, v, ["h"], f"attn{i}")
         pool.append(out)
-    logits = b.linear("logits", pool[-1], ["vocab"], "head.weight")
+    used = {u for node in b.nodes.values() for u in node.inputs}
+    ends = [n for n in pool if n not in used]  # every branch reaches the loss (a dead node is refused)
+    logits = b.linear("logits", b.add("ends", *ends) if len(ends) > 1 else ends[0], ["vocab"], "head.weight")
     b.cross_entropy("loss", logits)
     return b.build()
 

@@ -62,6 +62,10 @@ def test_yaml_spec_matches_builder(tmp_path):
         (GOOD.replace("[classes], param", "[classes], std: no, param"), "'std' must be positive", 9),
         (GOOD.replace(", param: readout.weight", ""), "missing key(s) 'param'", 9),
         (GOOD.replace("in: logits}", "in: a2}"), "has the width-scaling dim(s) ['width']", 10),
+        (GOOD + "  - {name: dead, op: relu, in: a1}\n", "node 'dead' does not reach the loss", 11),
+        (GOOD + "  - {name: after, op: relu, in: loss}\n", "node 'after' uses the loss", 11),
+        (GOOD + "  - {name: loss2, op: cross_entropy, in: logits}\n", "exactly one cross_entropy", 11),
+        (GOOD.replace("width: n", "width: 7"), "no dim grows with the width", None),
     ],
 )
 def test_bad_specs(tmp_path, bad, message, line):
@@ -89,6 +93,21 @@ def test_size_expressions_are_parsed_never_evaluated(tmp_path):
         load("transformer", {"ffn_mult": payload.replace("32", "1")})
     assert not marker.exists()
     assert b.scale("ok", x, "slot", standard="d**-0.5") == "ok"  # arithmetic still parses
+
+
+def test_attention_names_its_parts_and_a_graph_needs_parameters():
+    b = GraphBuilder("t")
+    b.dim("d", "n"), b.dim("v", 8)
+    h = b.embedding("h", b.input("x", ["v"]), ["d"], "e")
+    b.unary("att_scores", h, "relu")
+    with pytest.raises(SpecError, match=r"makes nodes att_scores, _logits and _probs, but \['att_scores'\]"):
+        b.attention("att", h, h, h, ["d"], "slot")
+    frozen = GraphBuilder("f")
+    frozen.dim("v", 8)
+    x = frozen.input("x", ["v"], kind="features")
+    frozen.cross_entropy("loss", frozen.mul("logits", x, frozen.param("w", "w", ["v"], trainable=False)))
+    with pytest.raises(SpecError, match="no trainable parameter"):
+        frozen.build()
 
 
 def test_mismatched_dims_and_tied_shapes():
