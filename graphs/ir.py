@@ -366,6 +366,16 @@ class GraphBuilder:
         for key, value in (("fixed", fixed), ("standard", standard)):
             if value is not None:
                 attrs[key] = self._dim_exponent(value, f"node {name!r} {key}")
+        for other in self.nodes.values():  # one slot is one multiplier: its uses must agree on it
+            if other.op == "scale" and other.attrs["slot"] == slot:
+                for key in ("fixed", "standard"):
+                    if other.attrs.get(key) != attrs.get(key):
+                        raise SpecError(
+                            f"node {name!r}: slot {slot!r} is one multiplier, but its {key} here "
+                            f"({attrs.get(key)}) differs from node {other.name!r}'s ({other.attrs.get(key)})",
+                            self.where,
+                        )
+                break
         return self._node(name, "scale", (x,), self.dims_of(x), attrs)
 
     def _dim_exponent(self, expr, what) -> sp.Rational:

@@ -95,6 +95,16 @@ def test_size_expressions_are_parsed_never_evaluated(tmp_path):
     assert b.scale("ok", x, "slot", standard="d**-0.5") == "ok"  # arithmetic still parses
 
 
+def test_one_slot_is_one_multiplier():
+    b = GraphBuilder("t")
+    b.dim("d", "n")
+    x = b.input("x", ["d"])
+    b.scale("s1", x, "slot", fixed="d**-1")
+    with pytest.raises(SpecError, match="slot 'slot' is one multiplier, but its fixed here"):
+        b.scale("s2", x, "slot")
+    b.scale("s3", x, "slot", fixed="d**-1")  # the same value again is the same multiplier
+
+
 def test_attention_names_its_parts_and_a_graph_needs_parameters():
     b = GraphBuilder("t")
     b.dim("d", "n"), b.dim("v", 8)
