@@ -79,8 +79,17 @@ def latex(d: Derivation, collapse: bool = True) -> str:
 
     out = [r"\begin{tabular}{" + "l" * len(head) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     out += [" & ".join(tex(c) for c in row) + r" \\" for row in rows]
-    out += [r"\bottomrule", r"\end{tabular}"]
+    out += [r"\bottomrule", r"\end{tabular}", "", r"\noindent"]
+    out += [_tex_text(line) + r" \\" for line in _tail(d) if line]  # multipliers, norm eps, failures
     return "\n".join(out)
+
+
+def _tex_text(line: str) -> str:
+    """A line of the table's tail as LaTeX text: specials escaped, n**(e) and n^(e) as powers."""
+    line = re.sub(r"[\\&%#_{}$]", lambda m: r"\textbackslash{}" if m[0] == "\\" else "\\" + m[0], line)
+    line = re.sub(r"n(?:\*\*|\^)\(([^)]+)\)", r"$n^{\1}$", line)
+    line = re.sub(r"n\*\*(-?[\d/]+)", r"$n^{\1}$", line)
+    return line.replace("*", r"$\ast$").replace("  - ", r"\quad ")
 
 
 def to_json(d: Derivation) -> str:

@@ -120,3 +120,12 @@ def test_ntk_has_no_feature_learning():
     kinds = {v.desideratum for v in d.violations}
     assert "feature-learning" in kinds
     assert "update-bounded" not in kinds and "init-bounded" not in kinds
+
+
+def test_latex_output_carries_the_multipliers_and_the_failures():
+    from mudelta.derive import report
+
+    tex = report.latex(derive(transformer(layers=1), "adamw"))
+    assert r"\begin{tabular}" in tex and r"attn.logit\_scale = $n^{-1}$" in tex
+    sp_tex = report.latex(derive(transformer(layers=1), "adamw", "sp"))
+    assert "desiderata that fail" in sp_tex and r"update-bounded $n^{" in sp_tex
