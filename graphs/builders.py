@@ -3,7 +3,7 @@ module paths (``layers.3.attn.q_proj.weight``), which are the generated modules'
 
 from __future__ import annotations
 
-from .ir import Graph, GraphBuilder, SpecError
+from .ir import UNARY_FNS, Graph, GraphBuilder, SpecError, arithmetic
 
 STD = "0.02"  # initializer_range of the reference implementations, used by `--parametrization sp`
 
@@ -12,6 +12,8 @@ def mlp(layers: int = 3, d_in: int = 32, classes: int = 10, bias: bool = False, 
     """An MLP classifier: d_in (finite) -> `layers` hidden layers of width n -> classes (finite)."""
     _check_positive(layers=layers, d_in=d_in, classes=classes)
     _check_classes(classes=classes)
+    if act not in UNARY_FNS:
+        raise SpecError(f"option act: unknown function {act!r}; one of {', '.join(UNARY_FNS)}")
     b = GraphBuilder("mlp", meta={"family": "mlp", "layers": layers, "bias": bias, "act": act})
     b.dim("d_in", d_in), b.dim("width", "n"), b.dim("classes", classes)
     h = b.input("x", ["d_in"], kind="features")
@@ -152,6 +154,10 @@ def _mlp_block(b: GraphBuilder, i: int, x: str) -> str:
 
 
 def _lm_dims(b: GraphBuilder, vocab: int, ffn_mult: str) -> None:
+    mult = arithmetic(ffn_mult, {}, "option ffn_mult")
+    if not (mult.is_number and mult > 0):
+        raise SpecError(f"option ffn_mult must be a positive number (the MLP is ffn_mult * d_model), got "
+                        f"{ffn_mult!r}")
     b.dim("vocab", vocab), b.dim("d_model", "n"), b.dim("ffn", f"({ffn_mult})*n")
 
 

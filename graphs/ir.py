@@ -305,6 +305,10 @@ class GraphBuilder:
         return self._node(name, "param", (), self.params[param].shape, params={"weight": param})
 
     def embedding(self, name, x, out, param, std=None):
+        src = self.nodes.get(x)
+        if src is not None and (src.op != "input" or src.attrs.get("kind") != "tokens"):
+            raise SpecError(f"node {name!r} (embedding): looks up rows by token id, so its input must be a "
+                            f"tokens input, not {x!r}", self.where)
         (vocab,) = self._expect_dims(name, x, 1)
         out = self._check_dims(out, f"node {name!r}")
         self._param(param, (vocab, *out), name, fan_in=(vocab,), fan_out=out, std=std)
@@ -382,6 +386,10 @@ class GraphBuilder:
         """The width exponent of a size expression over dims, e.g. d_k**-0.5 -> -e(d_k)/2."""
         syms = {d: sp.Symbol(d, positive=True) for d in self.dims}
         e = arithmetic(expr, syms, what, self.where)
+        if e.as_coeff_Mul()[0] != 1:
+            raise SpecError(f"{what}: {expr!r} has a constant factor; only the width exponent is kept here, so "
+                            "write powers of dims (a constant is a base-width multiplier: model.multipliers)",
+                            self.where)
         e = e.subs({syms[d]: N ** self.dims[d].exponent for d in self.dims})
         deg = sp.simplify(sp.log(e, N)) if e.has(N) else sp.Integer(0)
         if not deg.is_Rational:

@@ -103,6 +103,10 @@ def test_one_slot_is_one_multiplier():
     with pytest.raises(SpecError, match="slot 'slot' is one multiplier, but its fixed here"):
         b.scale("s2", x, "slot")
     b.scale("s3", x, "slot", fixed="d**-1")  # the same value again is the same multiplier
+    with pytest.raises(SpecError, match="has a constant factor"):
+        b.scale("s4", x, "other", fixed="0.5")
+    with pytest.raises(SpecError, match="its input must be a tokens input, not 's1'"):
+        b.embedding("e", "s1", ["d"], "emb")
 
 
 def test_attention_names_its_parts_and_a_graph_needs_parameters():
@@ -184,6 +188,8 @@ def test_a_fixed_multiplier_that_cannot_work_names_the_failing_desideratum(tmp_p
         ("gdn", {"attn_every": "9", "layers": "2"}, "leaves no attention block"),
         ("mlp", {"classes": "1"}, "classes must be at least 2"),
         ("transformer", {"vocab": "1"}, "vocab must be at least 2"),
+        ("transformer", {"ffn_mult": "n"}, "option ffn_mult: unknown name 'n'"),
+        ("mlp", {"act": "swish"}, "option act: unknown function 'swish'"),
     ],
 )
 def test_preset_options_that_would_be_ignored_or_degenerate(preset, options, message):
