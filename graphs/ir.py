@@ -387,7 +387,7 @@ class GraphBuilder:
         syms = {d: sp.Symbol(d, positive=True) for d in self.dims}
         e = arithmetic(expr, syms, what, self.where)
         if e.as_coeff_Mul()[0] != 1:
-            raise SpecError(f"{what}: {expr!r} has a constant factor; only the width exponent is kept here, so "
+            raise SpecError(f"{what}: {expr!r} has a constant factor; only the width exponent is kept, so "
                             "write powers of dims (a constant is a base-width multiplier: model.multipliers)",
                             self.where)
         e = e.subs({syms[d]: N ** self.dims[d].exponent for d in self.dims})
