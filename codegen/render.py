@@ -102,8 +102,10 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
     (the module's pointer to `mudelta explain` repeats them)."""
     family = graph.meta.get("family")
     if family is None or graph.name not in MODEL_CLASSES:
+        from mudelta.graphs.presets import PRESETS
+
         raise CodegenError(f"graph {graph.name!r} has no model family codegen can render; use a builtin preset "
-                           f"({', '.join(MODEL_CLASSES)}) or one of its --set variants")
+                           f"({', '.join(PRESETS)}) with --set options")
     if not isinstance(base_width, int) or base_width <= 0:
         raise CodegenError(f"base width must be a positive integer, got {base_width!r}")
     d = derive(graph, optimizer, parametrization, convention)

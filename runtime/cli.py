@@ -17,6 +17,8 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
         if "=" not in pair:
             raise SpecError(f"--set {pair!r}: expected key=value")
         key, value = pair.split("=", 1)
+        if key.strip() in out and out[key.strip()] != value.strip():
+            raise SpecError(f"--set {key.strip()} is given twice ({out[key.strip()]} and {value.strip()})")
         out[key.strip()] = value.strip()
     return out
 
@@ -62,6 +64,8 @@ def cmd_codegen(args) -> int:
         print(source, end="")
     else:
         out = Path(args.output)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"-o {out}: no folder {out.parent}")
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(source)
         tmp.replace(out)  # atomic: a failed run never leaves half a file
@@ -221,8 +225,20 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _common(p):
-    p.add_argument("spec", help=f"a builtin preset ({', '.join(PRESETS)}) or a YAML spec path")
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _common(p, yaml_specs=True):
+    presets = f"a builtin preset ({', '.join(PRESETS)})"
+    p.add_argument("spec", help=presets + " or a YAML spec path" if yaml_specs else presets)
     p.add_argument("--optimizer", default="adamw", choices=["sgd", "sgd-nesterov", "adam", "adamw"])
     p.add_argument(
         "--parametrization",
@@ -257,10 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="the step-by-step derivation of one parameter's rule")
     _common(p)
     p.add_argument("param", help="parameter name, e.g. layers.0.attn.a_proj.weight")
-    p.add_argument("--depth", type=int, default=None, help="follow dependencies this many levels only")
+    p.add_argument("--depth", type=_count, default=None, help="follow dependencies this many levels only")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("codegen", help="render a runnable PyTorch model module with the rules baked in")
-    _common(p)
+    _common(p, yaml_specs=False)  # a model module is rendered from a preset's family
     p.add_argument("-o", "--output", default="-", help="output .py file (default: stdout)")
     p.add_argument("--base-width", type=int, default=256, help="width at which every rule is 1 (default 256)")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
