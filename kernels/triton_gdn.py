@@ -771,9 +771,9 @@ CONFIG = {  # best of benchmarks/kernels.py --tune on an H100 (v4, v5: benchmark
     "state": dict(BV=64, num_warps=4, num_stages=2, lowp=True, fuse_o=False),
     "output": dict(BV=64, num_warps=4, num_stages=2),
     "bwd_du_local": dict(BV=64, num_warps=4, num_stages=1),
-    # segment: the gradient recurrence split into segments as the forward's (_segments); GPU-checked, off
-    # until timed (benchmarks/NOTES.md, "Segment-parallel backward state")
-    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, segment=False),
+    # segment: the gradient recurrence split into segments as the forward's (_segments) when the programs
+    # cannot fill the GPU: 5.23 -> 3.95 ms fwd+bwd at (1, 32768, 16) on the H200 (benchmarks/NOTES.md, v9)
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, segment=True),
     "bwd_dqk": dict(BV=64, num_warps=8, num_stages=1),
     "bwd_wy": dict(BV=64, num_warps=4, num_stages=1),
     "decode": dict(BV=32, num_warps=2, num_stages=1),
