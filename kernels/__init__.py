@@ -7,8 +7,8 @@ anything else, and ``naive_recurrent_gated_delta_rule`` (token-by-token, any dty
 Semantics per head (state S in R^{K x V}, float32): S <- exp(g_t) S; S <- S + k_t (beta_t (v_t - S^T k_t))^T;
 o_t = scale S^T q_t, scale = K^-0.5 by default. q, k [B, T, H, K]; v [B, T, H, V]; g (log decay, <= 0) and
 beta [B, T, H]; initial/final state [N, H, K, V] with N = B, or the number of sequences of ``cu_seqlens``
-(packed sequences, B == 1). g > 0 is accepted, but the chunked paths exponentiate in-chunk sums of g and can
-overflow for large positive g.
+(packed sequences, B == 1). The chunked paths need g finite and <= 0 (they exponentiate in-chunk sums of g);
+``CHECK_VALUES`` (default True) checks that and the order of cu_seqlens, one host round trip per call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from .reference import (
     check_inputs,
+    check_values,
     chunk_gated_delta_rule_torch,
     l2norm,
     naive_recurrent_gated_delta_rule,
@@ -34,16 +35,27 @@ __all__ = [
 
 # The chunked Triton kernels keep [K, BV] state tiles in registers; wider keys take the PyTorch path.
 TRITON_MAX_K = 256
+# check g and cu_seqlens values (one host round trip per call; a wrong cu_seqlens reads out of bounds)
+CHECK_VALUES = True
 
 
 def _use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens):
-    """Validate the inputs (check_inputs) and resolve the default scale K^-0.5."""
-    K = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)[3]
-    return K**-0.5 if scale is None else float(scale)
+def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, chunked=True):
+    """Validate the inputs (check_inputs, check_values) and resolve the default scale K^-0.5."""
+    _, T, _, K, _, _ = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
+    if CHECK_VALUES:
+        check_values(g, T, cu_seqlens, chunked)
+    if scale is None:
+        return K**-0.5
+    if isinstance(scale, torch.Tensor) and scale.requires_grad:
+        raise TypeError("scale must be a number (no gradient is computed for it), got a tensor with grad")
+    scale = float(scale)
+    if not (scale > 0 and scale != float("inf")):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    return scale
 
 
 def _triton_call(fn, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, l2):
@@ -101,7 +113,7 @@ def fused_recurrent_gated_delta_rule(
     The Triton decode kernel is forward-only; when any input needs a gradient the call goes through the
     chunked path, which computes the same function with autograd.
     """
-    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, chunked=False)
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)

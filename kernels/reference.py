@@ -38,18 +38,19 @@ def _shape(t: torch.Tensor) -> str:
 
 
 def check_inputs(q, k, v, g, beta, initial_state=None, cu_seqlens=None):
-    """Validate shapes, dtypes and devices; return (B, T, H, K, V, N).
-
-    g > 0 (growth instead of decay) is accepted: the naive recurrence handles it exactly, but the chunked
-    implementations exponentiate cumulative sums of g inside a chunk of 64 tokens, so large positive g can
-    overflow there. Keep g <= 0 (the log of a decay in (0, 1]) for the chunked paths.
-    """
+    """Validate shapes, dtypes and devices; return (B, T, H, K, V, N). The values of g and cu_seqlens are
+    checked by check_values."""
     for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("initial_state", initial_state), ("cu_seqlens", cu_seqlens)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, H, K], got shape {_shape(q)}")
     B, T, H, K = q.shape
+    if B == 0 or H == 0 or K == 0:
+        raise ValueError(f"q must have B, H, K >= 1, got shape {_shape(q)}")
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q [B, T, H, K] = {_shape(q)}, got {_shape(k)}")
     if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
@@ -93,6 +94,28 @@ def check_inputs(q, k, v, g, beta, initial_state=None, cu_seqlens=None):
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be floating, got {initial_state.dtype}")
     return B, T, H, K, V, N
+
+
+def check_values(g, T, cu_seqlens=None, chunked=True) -> None:
+    """cu_seqlens rising from 0 to T, and for the chunked paths g finite and <= 0: they exponentiate sums of
+    g within a chunk, so a positive g (growth) loses accuracy long before it overflows, and -inf gives NaN
+    (-inf - -inf). One host round trip for all of it."""
+    flags = []
+    if chunked:
+        flags += [~torch.isfinite(g).all(), (g > 0).any()]
+    if cu_seqlens is not None:
+        cu = cu_seqlens.long()
+        flags += [(cu[0] != 0) | (cu[-1] != T) | (cu[1:] < cu[:-1]).any()]
+    if not flags:
+        return
+    bad = torch.stack(flags).tolist()
+    if chunked and bad[0]:
+        raise ValueError("g must be finite (a log decay; a decay of exactly 0 is g = -inf, not supported)")
+    if chunked and bad[1]:
+        raise ValueError(f"g must be <= 0 (a log decay), got max {g.max().item():.3g}; the chunked kernels "
+                         "lose accuracy for g > 0 (naive_recurrent_gated_delta_rule computes it exactly)")
+    if cu_seqlens is not None and bad[-1]:
+        raise ValueError(f"cu_seqlens must rise from 0 to T={T}, got {cu_seqlens.tolist()}")
 
 
 def _seq_bounds(T, B, cu_seqlens):
