@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import difflib
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -91,17 +92,19 @@ class Dim:
 
 
 _BINARY = {ast.Add: sp.Add, ast.Sub: lambda a, b: a - b, ast.Mult: sp.Mul, ast.Div: lambda a, b: a / b,
-           ast.Pow: sp.Pow}
+           ast.Pow: sp.Pow, ast.BitXor: sp.Pow}  # n^2 is n**2, as sympify read it
 
 
 def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.Expr:
-    """A number or an arithmetic expression (+ - * / **, parentheses) over the named symbols, as an exact
-    SymPy expression. Parsed from Python's syntax tree, never evaluated: anything else is refused."""
+    """A number or an arithmetic expression (+ - * / ** or ^, sqrt, parentheses) over the named symbols, as an
+    exact SymPy expression. Parsed from Python's syntax tree, never evaluated: anything else is refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SpecError(f"{what}: expected a number or an expression such as n/8, got {value!r}", where)
 
     def build(node):
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            if not math.isfinite(node.value) or abs(node.value) > 1e12:
+                raise SpecError(f"{what}: {value!r}: the number {node.value!r} is out of range", where)
             return sp.Rational(repr(node.value)) if isinstance(node.value, float) else sp.Integer(node.value)
         if isinstance(node, ast.Name) and node.id in symbols:
             return symbols[node.id]
@@ -110,14 +113,22 @@ def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.
             raise SpecError(f"{what}: unknown name {node.id!r} in {value!r} (known: {known})", where)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = build(node.left), build(node.right)
-            if isinstance(node.op, ast.Pow) and not (right.is_Number and abs(right) <= 64):
+            if isinstance(node.op, (ast.Pow, ast.BitXor)) and not (right.is_Number and abs(right) <= 64):
                 raise SpecError(f"{what}: {value!r}: an exponent must be a number of size <= 64", where)
-            return _BINARY[type(node.op)](left, right)
+            out = _BINARY[type(node.op)](left, right)
+            if out.is_Number and out.is_finite and abs(out) > 1e12:
+                raise SpecError(f"{what}: {value!r}: a number in it is out of range", where)
+            return out
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sqrt" \
+                and len(node.args) == 1 and not node.keywords:
+            return sp.sqrt(build(node.args[0]))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             inner = build(node.operand)
             return -inner if isinstance(node.op, ast.USub) else inner
         raise SpecError(f"{what}: {value!r} is not arithmetic over numbers and {sorted(symbols)}", where)
 
+    if len(str(value)) > 200:
+        raise SpecError(f"{what}: {str(value)[:40]!r}...: an expression of at most 200 characters", where)
     try:
         tree = ast.parse(str(value).strip(), mode="eval")
     except SyntaxError as exc:

@@ -27,7 +27,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
-from .ir import UNARY_FNS, Graph, GraphBuilder, SpecError, suggest
+from .ir import UNARY_FNS, Graph, GraphBuilder, SpecError, arithmetic, suggest
 
 _KEYS = {
     "input": {"dims", "kind"},
@@ -221,7 +221,11 @@ def _add(b: GraphBuilder, path, entry):
         raise SpecError(f"node {name!r} ({op}): unknown key(s) {sorted(extra)}; allowed: "
                         f"{sorted(_KEYS[op]) or 'none'}", b.where)
     for key, value in kw.items():
+        if key in ("kernel", "key", "value") and isinstance(value, list) and len(value) == 1:
+            kw[key] = value = value[0]  # one dim, also written as a list like out: [width]
         _check_type(name, op, key, value, b.where)
+        if key == "std" and value is not None:
+            kw[key] = float(arithmetic(value, {}, f"node {name!r} std", b.where))  # 1/32 as 0.03125
     ins = _inputs({"in": entry.get("in", [])})
     want = _ARITY.get(op, 1 if op not in ("add", "mul") else None)
     if want is not None and len(ins) != want:
@@ -254,14 +258,16 @@ def _check_type(name, op, key, value, where):
                                   and all(isinstance(d, str) for d in value)):
         raise SpecError(f"node {name!r} ({op}): {key!r} must be a dim name or a list of dim names, "
                         f"got {value!r}", where)
-    if key == "std" and value is not None and not _positive_number(value):
+    if key == "std" and value is not None and not _positive_number(value, where):
         raise SpecError(f"node {name!r} ({op}): 'std' must be positive, a number, got {value!r}", where)
 
 
-def _positive_number(value) -> bool:
+def _positive_number(value, where) -> bool:
+    """A positive number or arithmetic on numbers (1/32)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return False
     try:
-        return float(value) > 0 and float(value) != float("inf")
-    except ValueError:
+        x = arithmetic(value, {}, "std", where)
+    except SpecError:
         return False
+    return bool(x.is_number and x.is_positive and x.is_finite)

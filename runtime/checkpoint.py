@@ -102,7 +102,7 @@ FILES = ("model.safetensors", "optimizer.safetensors")
 
 def _state_digest(meta: dict) -> str:
     """sha256 of state.json's content without its own digest: an edited or damaged state.json shows."""
-    body = {k: v for k, v in meta.items() if k != "state_sha256"}
+    body = json.loads(json.dumps({k: v for k, v in meta.items() if k != "state_sha256"}))  # as read back
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -156,9 +156,9 @@ def latest(directory: Path) -> Path | None:
     return path
 
 
-def load(path: Path, config_hash: str, config: dict | None = None) -> tuple[dict, dict, dict]:
+def load(path: Path, config_hash: str | tuple, config: dict | None = None) -> tuple[dict, dict, dict]:
     """(model state dict, optimizer state dict, metadata) of a checkpoint, after checking its format, its file
-    hashes and that it was written by a config with the same trajectory hash."""
+    hashes and that it was written by a config with the same trajectory hash (or one of several)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -182,7 +182,7 @@ def load(path: Path, config_hash: str, config: dict | None = None) -> tuple[dict
         raise CheckpointError(f"checkpoint {state_file}: 'files' must list the hashes of {', '.join(FILES)}")
     if not isinstance(meta.get("optimizer"), dict):
         raise CheckpointError(f"checkpoint {state_file}: no optimizer state description")
-    if meta.get("config_hash") != config_hash:
+    if meta.get("config_hash") not in ((config_hash,) if isinstance(config_hash, str) else config_hash):
         diff = _diff(meta.get("config", {}), config or {})
         raise CheckpointError(
             f"checkpoint {path} was written by a different configuration "

@@ -77,8 +77,9 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def trajectory(self) -> dict:
-        """Everything that changes the sequence of losses (not logging, checkpointing, compile, device)."""
+    def trajectory(self, module_path: bool = False) -> dict:
+        """Everything that changes the sequence of losses (not logging, checkpointing, compile, device).
+        A generated model file counts by its content; module_path: by its path (checkpoints before that)."""
         d = self.to_dict()
         for key in (
             "eval_every",
@@ -97,13 +98,14 @@ class Config:
         if not d["model"]["derived_norm_eps"]:  # likewise for the norm eps rule, off by default
             d["model"].pop("derived_norm_eps")
         module = d["model"]["module"]
-        if module and Path(module).is_file():  # a generated model is what it holds, wherever it lies
+        if module and Path(module).is_file() and not module_path:  # a model is what it holds, anywhere
             d["model"]["module"] = "sha256:" + hashlib.sha256(Path(module).read_bytes()).hexdigest()[:16]
         d.pop("out")
         return d
 
-    def trajectory_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.trajectory(), sort_keys=True).encode()).hexdigest()[:16]
+    def trajectory_hash(self, module_path: bool = False) -> str:
+        d = self.trajectory(module_path)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -158,7 +158,7 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         raise ValueError(f"dtype {dtype!r}: a coordinate check runs in float32 or float64")
     d = _first_steps(graph, optimizer, parametrization)
     base_width = widths[0] if base_width is None else int(base_width)
-    source = generate(graph, optimizer, parametrization, base_width=base_width)
+    source = generate(graph, optimizer, parametrization, base_width=base_width, spec=spec, options=overrides)
     module = load_module(source, f"mudelta_coord_{graph.name}_{parametrization}_{optimizer.replace('-', '_')}")
     if hasattr(module, "chunk_gated_delta_rule"):
         # the recurrence on the chunked PyTorch path as on the CPU, in the check's dtype, at any head dim (the

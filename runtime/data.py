@@ -265,9 +265,10 @@ def prepare(
     if not docs["train"]:
         docs["val"].sort(key=lambda kd: kd[0])
         docs["train"].append(docs["val"].pop())
-    # built in a new folder beside `out` and moved in at the end (header.json last): a failed or interrupted
-    # run leaves the old data as it was; other files in `out` stay
-    final, out = out, out.parent / f".{out.name}.preparing-{os.getpid()}"
+    # built in a hidden folder inside `out` (one filesystem, whatever `out` is mounted on) and moved up at the
+    # end, header.json last: a failed or interrupted run leaves the old data as it was; other files stay
+    created = not out.exists()
+    final, out = out, out / f".preparing-{os.getpid()}"
     final.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -275,6 +276,8 @@ def prepare(
         header = _write(docs, out, tokenizer, vocab_size, val_fraction, stats, shard_tokens, progress)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
+        if created and not any(final.iterdir()):
+            final.rmdir()
         raise
     (final / "header.json").unlink(missing_ok=True)
     for old in [*final.glob("train-*.bin"), *final.glob("val-*.bin"), final / "tokenizer.json"]:
@@ -367,7 +370,9 @@ class TokenData:
             why = f"{type(exc).__name__}: {exc}"
             raise DataError(f"data {head}: damaged header ({why}); prepare it again") from None
         # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
-        self.fingerprint = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:16]
+        # (the sources by content: the same files reached by another path are the same data)
+        body = {**self.header, "sources": sorted(s.get("sha256", "") for s in self.header.get("sources", []))}
+        self.fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         self._maps: dict[str, list[np.ndarray]] = {}
 
     def split(self, name: str) -> list[np.ndarray]:

@@ -96,7 +96,8 @@ def render(
         f"mudelta codegen {spec} --optimizer {optimizer} --parametrization {parametrization} "
         f"--base-width {base_width} {flags}"
     ).strip()
-    source = generate(load(spec, options), optimizer, parametrization, int(base_width), command=command)
+    source = generate(load(spec, options), optimizer, parametrization, int(base_width), command=command,
+                      spec=spec, options=options)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(source)

@@ -29,8 +29,8 @@ def read_many(paths: list[str | Path]) -> list[dict]:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """The rows of a results file; for a trial recorded more than once, the last row with an outcome (ok or
-    diverged; an error row only where the trial has no outcome). A row without a seed is seed 0."""
+    """The rows of a results file; for a trial recorded more than once, the last row, except that an error
+    row does not replace an outcome (ok or diverged) of the same config. A row without a seed is seed 0."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
@@ -43,7 +43,9 @@ def read_results(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
         _check_row(row, f"{path}:{n}")
         key = row["parametrization"], row["optimizer"], row["width"], row["lr"], row.get("seed", 0)
-        if row.get("status") != "error" or rows.get(key, {}).get("status", "error") == "error":
+        old = rows.get(key, {})
+        kept = old.get("status", "error") != "error" and old.get("config_hash") == row.get("config_hash")
+        if row.get("status") != "error" or not kept:  # an error row hides no outcome of the same config
             rows[key] = row
     return list(rows.values())
 

@@ -254,7 +254,8 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         init_loss = val_loss = None
         path = checkpoint.latest(ckdir) if resume else None
         if path is not None:
-            model_sd, opt_sd, meta = checkpoint.load(path, cfg.trajectory_hash(), cfg.trajectory())
+            hashes = (cfg.trajectory_hash(), cfg.trajectory_hash(module_path=True))  # the latter: older runs
+            model_sd, opt_sd, meta = checkpoint.load(path, hashes, cfg.trajectory())
             if meta.get("data_fingerprint", data.fingerprint) != data.fingerprint:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {path} was trained on other data than {cfg.data.path} holds now (prepared "

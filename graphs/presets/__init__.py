@@ -68,7 +68,7 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> Graph:
         settings = {**defaults, **kwargs}
         for key, unused, why in _UNUSED:
             if key in kwargs and unused(settings):
-                raise SpecError(f"--set {key}: preset {spec!r} does not use it here: {why}")
+                raise SpecError(f"option {key}: preset {spec!r} does not use it here: {why}")
         return PRESETS[spec](**kwargs)
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():

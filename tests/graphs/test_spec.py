@@ -93,6 +93,12 @@ def test_size_expressions_are_parsed_never_evaluated(tmp_path):
         load("transformer", {"ffn_mult": payload.replace("32", "1")})
     assert not marker.exists()
     assert b.scale("ok", x, "slot", standard="d**-0.5") == "ok"  # arithmetic still parses
+    from mudelta.graphs.ir import parse_size
+
+    assert str(parse_size("a", "sqrt(n)")) == "a~sqrt(n)" and str(parse_size("a", "n^2")) == "a~n**2"
+    for slow in ("(((9**64)**64)**64)**64", "1e999", "-" * 5000 + "n"):  # refused at once, not computed
+        with pytest.raises(SpecError, match="out of range|at most 200 characters"):
+            parse_size("a", slow)
 
 
 def test_one_slot_is_one_multiplier():

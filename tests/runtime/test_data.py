@@ -50,8 +50,10 @@ def test_a_failed_prepare_keeps_the_old_data(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_bpe", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.prepare([str(src)], out, "bpe", vocab_size=300, val_fraction=0.2, progress=False)
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # and no half-built folder beside it
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["corpus", "out"]
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # and no half-built folder in it
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare([str(src)], tmp_path / "new", "bpe", vocab_size=300, progress=False)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["corpus", "out"]  # nor an empty new one
     monkeypatch.undo()
     h = data.prepare([str(src)], out, "bpe", vocab_size=300, val_fraction=0.2, progress=False)
     assert json.loads((out / "header.json").read_text()) == h and (out / "NOTES.txt").read_text() == "mine"

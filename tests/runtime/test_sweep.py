@@ -66,6 +66,11 @@ def test_shards_then_skip_finished(byte_data, tmp_path):
     kept = [r for r in plot.read_results(results) if (r["width"], r["lr"], r["parametrization"]) ==
             (error["width"], error["lr"], error["parametrization"])]
     assert [r["status"] for r in kept] == ["ok"]
+    with open(results, "a") as fh:  # but an error of another config (say, more steps) is what that config got
+        fh.write(json.dumps({**error, "config_hash": "another"}) + "\n")
+    kept = [r for r in plot.read_results(results) if (r["width"], r["lr"], r["parametrization"]) ==
+            (error["width"], error["lr"], error["parametrization"])]
+    assert [r["status"] for r in kept] == ["error"]
 
 
 def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):

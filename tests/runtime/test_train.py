@@ -145,6 +145,23 @@ def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
     assert margin["diverged"] and "diverge_margin" in margin["error"]
 
 
+def test_a_checkpoint_from_before_module_content_hashing_resumes(byte_data, tmp_path):
+    """Runs with model.module were keyed by the module's path before its content; their checkpoints load."""
+    first = tmp_path / "first"
+    run(load_config(None, tiny_overrides(byte_data, first, **{"train.steps": 2})), progress=False)
+    module = next((first / "models").glob("*.py"))
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2, "model.module": str(module)}))
+    run(cfg, progress=False)
+    state = out / "checkpoints" / "step_00000002" / "state.json"
+    meta = json.loads(state.read_text())
+    old = {k: v for k, v in meta.items() if k not in ("state_sha256", "data_fingerprint")}
+    old["config_hash"] = cfg.trajectory_hash(module_path=True)
+    old["config"] = cfg.trajectory(module_path=True)
+    state.write_text(json.dumps(old))
+    assert run(cfg, resume=True, progress=False)["final_val_loss"] == meta["val_loss"]
+
+
 def test_paths_in_the_way_are_named(byte_data, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
