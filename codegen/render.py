@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import shutil
 import subprocess
@@ -50,6 +51,15 @@ def _doc(text: str) -> str:
     escaped, so nothing can end the string, and non-printable characters shown as '?'."""
     text = "".join(c if c.isprintable() else "?" for c in str(text))
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _wrap_command(text: str) -> str:
+    """A command line wrapped for the docstring at spaces between arguments only: never inside a quoted
+    argument or between an option and its value."""
+    keep = re.sub(r"'[^']*'", lambda m: m[0].replace(" ", "\0"), text)
+    keep = re.sub(r"(?<!\S)(--?[\w-]+) (?!-)", "\\1\0", keep)
+    lines = textwrap.wrap(keep, 80, break_on_hyphens=False, break_long_words=False)
+    return "\n    ".join(line.replace("\0", " ") for line in lines)
 
 
 def _env() -> jinja2.Environment:
@@ -145,8 +155,8 @@ def generate(graph: Graph, optimizer: str = "adamw", parametrization: str = "mup
                                      "--base-width", str(base_width)])
     context = {
         "title": f"{MODEL_CLASSES[graph.name]} ({graph.name})",
-        "command": "\n    ".join(textwrap.wrap(_doc(command), 80, break_on_hyphens=False, break_long_words=False)),
-        "explain": "\n    ".join(textwrap.wrap(_doc(explain), 80, break_on_hyphens=False, break_long_words=False)),
+        "command": _wrap_command(_doc(command)),
+        "explain": _wrap_command(_doc(explain)),
         "optimizer": optimizer, "parametrization": parametrization,
         "convention": convention, "base_width": base_width, "rules": _rules(graph, d, convention),
         "slots": slots,
