@@ -58,6 +58,8 @@ def _wrap_command(text: str) -> str:
     argument or between an option and its value."""
     keep = re.sub(r"'[^']*'", lambda m: m[0].replace(" ", "\0"), text)
     keep = re.sub(r"(?<!\S)(--?[\w-]+) (?!-)", "\\1\0", keep)
+    # a unit longer than a line may break after all (the module must stay within its line length)
+    keep = " ".join(u if len(u) <= 80 else u.replace("\0", " ") for u in keep.split(" "))
     lines = textwrap.wrap(keep, 80, break_on_hyphens=False, break_long_words=False)
     return "\n    ".join(line.replace("\0", " ") for line in lines)
 

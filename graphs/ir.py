@@ -92,7 +92,7 @@ class Dim:
 
 
 _BINARY = {ast.Add: sp.Add, ast.Sub: lambda a, b: a - b, ast.Mult: sp.Mul, ast.Div: lambda a, b: a / b,
-           ast.Pow: sp.Pow, ast.BitXor: sp.Pow}  # n^2 is n**2, as sympify read it
+           ast.Pow: sp.Pow}
 
 
 def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.Expr:
@@ -113,7 +113,7 @@ def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.
             raise SpecError(f"{what}: unknown name {node.id!r} in {value!r} (known: {known})", where)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = build(node.left), build(node.right)
-            if isinstance(node.op, (ast.Pow, ast.BitXor)) and not (right.is_Number and abs(right) <= 64):
+            if isinstance(node.op, ast.Pow) and not (right.is_Number and abs(right) <= 64):
                 raise SpecError(f"{what}: {value!r}: an exponent must be a number of size <= 64", where)
             out = _BINARY[type(node.op)](left, right)
             if out.is_Number and out.is_finite and abs(out) > 1e12:
@@ -129,11 +129,14 @@ def arithmetic(value, symbols: dict, what: str, where: str | None = None) -> sp.
 
     if len(str(value)) > 200:
         raise SpecError(f"{what}: {str(value)[:40]!r}...: an expression of at most 200 characters", where)
-    try:
-        tree = ast.parse(str(value).strip(), mode="eval")
+    try:  # n^2 is n**2 (as sympify read it), with the precedence of a power
+        tree = ast.parse(str(value).strip().replace("^", "**"), mode="eval")
     except SyntaxError as exc:
         raise SpecError(f"{what}: cannot parse {value!r} ({exc.msg})", where) from None
-    return build(tree.body)
+    out = build(tree.body)
+    if out.has(sp.zoo, sp.nan, sp.oo, -sp.oo, sp.I):
+        raise SpecError(f"{what}: {value!r} is not a finite real number or power (a division by 0?)", where)
+    return out
 
 
 def parse_size(name: str, value, where: str | None = None) -> Dim:

@@ -43,11 +43,11 @@ def _use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, chunked=True):
+def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens):
     """Validate the inputs (check_inputs, check_values) and resolve the default scale K^-0.5."""
     _, T, _, K, _, _ = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
     if CHECK_VALUES:
-        check_values(g, T, cu_seqlens, chunked)
+        check_values(g, T, cu_seqlens)
     if scale is None:
         return K**-0.5
     if isinstance(scale, torch.Tensor) and scale.requires_grad:
@@ -113,7 +113,7 @@ def fused_recurrent_gated_delta_rule(
     The Triton decode kernel is forward-only; when any input needs a gradient the call goes through the
     chunked path, which computes the same function with autograd.
     """
-    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, chunked=False)
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)  # g <= 0, as for the chunked path
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)

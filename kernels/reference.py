@@ -96,22 +96,19 @@ def check_inputs(q, k, v, g, beta, initial_state=None, cu_seqlens=None):
     return B, T, H, K, V, N
 
 
-def check_values(g, T, cu_seqlens=None, chunked=True) -> None:
-    """cu_seqlens rising from 0 to T, and for the chunked paths g finite and <= 0: they exponentiate sums of
-    g within a chunk, so a positive g (growth) loses accuracy long before it overflows, and -inf gives NaN
-    (-inf - -inf). One host round trip for all of it."""
-    flags = []
-    if chunked:
-        flags += [~torch.isfinite(g).all(), (g > 0).any()]
+def check_values(g, T, cu_seqlens=None) -> None:
+    """cu_seqlens rising from 0 to T, and g finite and <= 0: the chunked paths exponentiate sums of g within
+    a chunk, so a positive g (growth) loses accuracy long before it overflows, and -inf gives NaN (-inf -
+    -inf); decoding takes the same g, as it falls back to them on CPU and under autograd. One host round
+    trip for all of it."""
+    flags = [~torch.isfinite(g).all(), (g > 0).any()]
     if cu_seqlens is not None:
         cu = cu_seqlens.long()
         flags += [(cu[0] != 0) | (cu[-1] != T) | (cu[1:] < cu[:-1]).any()]
-    if not flags:
-        return
     bad = torch.stack(flags).tolist()
-    if chunked and bad[0]:
+    if bad[0]:
         raise ValueError("g must be finite (a log decay; a decay of exactly 0 is g = -inf, not supported)")
-    if chunked and bad[1]:
+    if bad[1]:
         raise ValueError(f"g must be <= 0 (a log decay), got max {g.max().item():.3g}; the chunked kernels "
                          "lose accuracy for g > 0 (naive_recurrent_gated_delta_rule computes it exactly)")
     if cu_seqlens is not None and bad[-1]:

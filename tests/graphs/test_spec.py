@@ -95,7 +95,9 @@ def test_size_expressions_are_parsed_never_evaluated(tmp_path):
     assert b.scale("ok", x, "slot", standard="d**-0.5") == "ok"  # arithmetic still parses
     from mudelta.graphs.ir import parse_size
 
-    assert str(parse_size("a", "sqrt(n)")) == "a~sqrt(n)" and str(parse_size("a", "n^2")) == "a~n**2"
+    assert str(parse_size("a", "sqrt(n)")) == "a~sqrt(n)" and str(parse_size("a", "2*n^2")) == "a~2*n**2"
+    with pytest.raises(SpecError, match="not a finite real number"):
+        parse_size("a", "n/0")
     for slow in ("(((9**64)**64)**64)**64", "1e999", "-" * 5000 + "n"):  # refused at once, not computed
         with pytest.raises(SpecError, match="out of range|at most 200 characters"):
             parse_size("a", slow)
