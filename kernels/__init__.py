@@ -46,7 +46,7 @@ def _use_triton(t: torch.Tensor) -> bool:
 def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens):
     """Validate the inputs (check_inputs, check_values) and resolve the default scale K^-0.5."""
     _, T, _, K, _, _ = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
-    if CHECK_VALUES:
+    if CHECK_VALUES and not torch.compiler.is_compiling():  # a host round trip would break the graph
         check_values(g, T, cu_seqlens)
     if scale is None:
         return K**-0.5
