@@ -9,6 +9,7 @@ and the model untied.
 
 import datetime
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,9 @@ from mudelta.graphs.presets import load
 from mudelta.kernels import chunk_gated_delta_rule_torch
 from mudelta.runtime import coord
 from mudelta.runtime.models import model_class
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grad_probe import model_grads  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512, 1024, 2048)
 NODES = ("l0_dt_bias", "l0_a", "l0_rate", "l1_dt_bias", "l1_a", "l1_rate", "l0_o", "l1_o")
@@ -34,21 +38,8 @@ def grad_sizes(module, graph, width, seed, variant):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps).detach() * norm.weight
 
         norm.forward = held
-    x, y = coord._batch(model, 1, 32, seed)
-    kept = {}
-
-    def tap(name, value):
-        value = value() if callable(value) else value
-        if torch.is_tensor(value) and value.requires_grad:
-            value.retain_grad()
-            kept[name] = value
-        return value
-
-    module.tap, module.TAPS = tap, {}
-    _, loss = model(x, y)
-    loss.backward()
-    finite = coord.finite_nodes(graph)
-    return {n: coord._size(kept[n].grad, finite.get(n)) for n in NODES}
+    sizes = model_grads(module, model, *coord._batch(model, 1, 32, seed), coord.finite_nodes(graph))
+    return {n: sizes[n] for n in NODES}
 
 
 def main():

@@ -28,7 +28,11 @@ from mudelta.runtime.models import model_class
 def grads(module, width, seed, batch, seq, finite):
     torch.manual_seed(seed)
     model = model_class(module)(module.Config(width=width)).double()
-    x, y = coord._batch(model, batch, seq, seed)
+    return model_grads(module, model, *coord._batch(model, batch, seq, seed), finite)
+
+
+def model_grads(module, model, x, y, finite):
+    """rms(dL/d node) of every tapped node of `model` (of generated `module`) on the batch (x, y)."""
     kept = {}
 
     def tap(name, value):
