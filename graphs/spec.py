@@ -225,7 +225,7 @@ def _add(b: GraphBuilder, path, entry):
             kw[key] = value = value[0]  # one dim, also written as a list like out: [width]
         _check_type(name, op, key, value, b.where)
         if key == "std" and value is not None:
-            kw[key] = float(arithmetic(value, {}, f"node {name!r} std", b.where))  # 1/32 as 0.03125
+            kw[key] = _positive_number(name, op, value, b.where)  # 1/32 as 0.03125
     ins = _inputs({"in": entry.get("in", [])})
     want = _ARITY.get(op, 1 if op not in ("add", "mul") else None)
     if want is not None and len(ins) != want:
@@ -251,23 +251,21 @@ _DIMS_KEYS = {"out", "dims", "over", "shape", "fan_in"}  # a dim name or a list 
 
 
 def _check_type(name, op, key, value, where):
-    """A node key's value has the type its op reads: a name, a list of dim names, or a number (std)."""
+    """A node key's value has the type its op reads: a name or a list of dim names."""
     if key in _NAME_KEYS and not isinstance(value, str):
         raise SpecError(f"node {name!r} ({op}): {key!r} must be a name, got {value!r}", where)
     if key in _DIMS_KEYS and not (isinstance(value, str) or isinstance(value, list)
                                   and all(isinstance(d, str) for d in value)):
         raise SpecError(f"node {name!r} ({op}): {key!r} must be a dim name or a list of dim names, "
                         f"got {value!r}", where)
-    if key == "std" and value is not None and not _positive_number(value, where):
-        raise SpecError(f"node {name!r} ({op}): 'std' must be positive, a number, got {value!r}", where)
 
 
-def _positive_number(value, where) -> bool:
-    """A positive number or arithmetic on numbers (1/32)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return False
+def _positive_number(name, op, value, where) -> float:
+    """A std: a positive number or arithmetic on numbers (1/32), as a float."""
     try:
         x = arithmetic(value, {}, "std", where)
     except SpecError:
-        return False
-    return bool(x.is_number and x.is_positive and x.is_finite)
+        x = None
+    if x is None or not (x.is_number and x.is_positive and x.is_finite):
+        raise SpecError(f"node {name!r} ({op}): 'std' must be positive, a number, got {value!r}", where)
+    return float(x)
