@@ -219,20 +219,27 @@ def _set(cfg: Config, key: str, value, where: str = "") -> None:
     setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), ".".join(parts), where))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """A Config from a YAML file (or the defaults) with `key=value` overrides applied in order."""
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of a YAML config file (sections model, data, train, out, and sweep for `mudelta sweep`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, out (sweep)")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                raw: dict | None = None) -> Config:
+    """A Config from a YAML file (or the defaults) with `key=value` overrides applied in order; `raw`: the
+    file's mapping when the caller has read it already (read_yaml)."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, out")
-        for key, value in raw.items():
+        for key, value in (read_yaml(path) if raw is None else raw).items():
             if key == "sweep":  # read by `mudelta sweep`
                 continue
             _set(cfg, key, value, f"config {path}: ")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, from_dict, load_config
+from .config import Config, ConfigError, apply_overrides, from_dict, load_config, read_yaml
 
 GRID_KEYS = ("widths", "lrs", "parametrizations", "optimizers", "seeds")
 
@@ -81,21 +81,13 @@ def load_sweep(path: str | None, preset: str | None, overrides: list[str] | None
     else:
         if path is None:
             raise ConfigError("mudelta sweep: give a config file or --preset")
-        if not Path(path).is_file():
-            what = "a folder, not a file" if Path(path).is_dir() else "no such file"
-            raise ConfigError(f"config {path}: {what}")
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"config {path}: expected a mapping with sections model, data, train, sweep")
-        grid = (raw or {}).get("sweep")
+        raw = read_yaml(path)
+        grid = raw.get("sweep")
         if not isinstance(grid, dict):
             raise ConfigError(
                 f"config {path}: no `sweep:` section (widths, lrs, parametrizations, optimizers, seeds)"
             )
-        base = load_config(path, overrides)
+        base = load_config(path, overrides, raw)
     for item in grid_sets:
         key, _, value = item.partition("=")
         parts = key.split(".")[1:]
