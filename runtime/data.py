@@ -370,12 +370,9 @@ class TokenData:
             why = f"{type(exc).__name__}: {exc}"
             raise DataError(f"data {head}: damaged header ({why}); prepare it again") from None
         # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
-        # (the sources by content: the same files reached by another path are the same data); `fingerprints`
-        # adds the whole header's, which checkpoints of the session that introduced them recorded
+        # (the sources by content: the same files reached by another path are the same data)
         body = {**self.header, "sources": sorted(s.get("sha256", "") for s in self.header.get("sources", []))}
         self.fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-        whole = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:16]
-        self.fingerprints = (self.fingerprint, whole)
         self._maps: dict[str, list[np.ndarray]] = {}
 
     def split(self, name: str) -> list[np.ndarray]:

@@ -256,7 +256,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         if path is not None:
             hashes = (cfg.trajectory_hash(), cfg.trajectory_hash(module_path=True))  # the latter: older runs
             model_sd, opt_sd, meta = checkpoint.load(path, hashes, cfg.trajectory())
-            if meta.get("data_fingerprint", data.fingerprint) not in data.fingerprints:
+            if meta.get("data_fingerprint", data.fingerprint) != data.fingerprint:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {path} was trained on other data than {cfg.data.path} holds now (prepared "
                     "again, or from other sources); refusing to resume: restore the data or use a new out "
