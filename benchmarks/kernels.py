@@ -8,7 +8,8 @@
          2^31 elements (64-bit offsets).
 --bench: triton.testing.do_bench medians of our kernels and fla's in the same process: forward and
          forward+backward at three shapes (bf16), decode at B=64; ms, tokens/s, ratio to fla, fraction of
-         the roofline (FLOPs over the measured bf16 matmul rate, bytes over the measured copy bandwidth).
+         the roofline (FLOPs over the measured bf16 matmul rate, bytes over the measured copy bandwidth);
+         "mudelta-nocheck" rows time ours with kernels.CHECK_VALUES off (no host round trip).
 Writes kernels.json and kernels.md into --out.
 """
 
@@ -23,6 +24,7 @@ import os
 import sys
 import time
 
+import mudelta.kernels
 import torch
 from mudelta.kernels import (
     chunk_gated_delta_rule,
@@ -210,20 +212,31 @@ def load_fla():
 
 
 @contextlib.contextmanager
-def segment_setting(name, value):
-    """triton_gdn.<name> (SEGMENT_CHUNKS or SEGMENT_FILL) set to value inside the block."""
-    old = getattr(triton_gdn, name)
-    setattr(triton_gdn, name, value)
+def segment_setting(name, value, module=triton_gdn):
+    """module.<name> (triton_gdn's SEGMENT_CHUNKS or SEGMENT_FILL, kernels' CHECK_VALUES) set to value
+    inside the block."""
+    old = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        setattr(triton_gdn, name, old)
+        setattr(module, name, old)
 
 
 def unsegmented(*args, **kw):
     """chunk_gated_delta_rule with the state recurrence run over whole sequences."""
     with segment_setting("SEGMENT_CHUNKS", 0):
         return chunk_gated_delta_rule(*args, **kw)
+
+
+def unchecked(fn):
+    """fn with the value checks (kernels.check_values, one host round trip per call) off."""
+
+    def call(*args, **kw):
+        with segment_setting("CHECK_VALUES", False, module=mudelta.kernels):
+            return fn(*args, **kw)
+
+    return call
 
 
 def segmented_by_default(B, T, H, V):
@@ -250,7 +263,7 @@ def run_bench(results, shapes=SHAPES):
         inp = make_inputs(B, T, H, K, V, torch.bfloat16, device="cuda", h0=False)
         q, k, v, g, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
         do = torch.randn_like(v)
-        impls = [("mudelta", chunk_gated_delta_rule)]
+        impls = [("mudelta", chunk_gated_delta_rule), ("mudelta-nocheck", unchecked(chunk_gated_delta_rule))]
         if segmented_by_default(B, T, H, V):
             impls.append(("mudelta-noseg", unsegmented))  # what the segmented state recurrence buys
         if fla_chunk is not None:
@@ -315,7 +328,10 @@ def run_bench(results, shapes=SHAPES):
     N, H, K, V = DECODE
     inp = make_inputs(N, 1, H, K, V, torch.bfloat16, device="cuda")
     q, k, v, g, beta, h0 = (inp[n] for n in ("q", "k", "v", "g", "beta", "h0"))
-    impls = [("mudelta", fused_recurrent_gated_delta_rule)]
+    impls = [
+        ("mudelta", fused_recurrent_gated_delta_rule),
+        ("mudelta-nocheck", unchecked(fused_recurrent_gated_delta_rule)),
+    ]
     if fla_rec is not None:
         impls.append(("fla", fla_rec))
     state_bytes = 2 * N * H * K * V * 4
