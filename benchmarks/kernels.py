@@ -9,7 +9,7 @@
 --bench: triton.testing.do_bench medians of our kernels and fla's in the same process: forward and
          forward+backward at three shapes (bf16), decode at B=64; ms, tokens/s, ratio to fla, fraction of
          the roofline (FLOPs over the measured bf16 matmul rate, bytes over the measured copy bandwidth);
-         "mudelta-nocheck" rows time ours with kernels.CHECK_VALUES off (no host round trip).
+         "mudelta-checked" rows time ours with kernels.CHECK_VALUES = True (a host round trip per call).
 Writes kernels.json and kernels.md into --out.
 """
 
@@ -229,11 +229,12 @@ def unsegmented(*args, **kw):
         return chunk_gated_delta_rule(*args, **kw)
 
 
-def unchecked(fn):
-    """fn with the value checks (kernels.check_values, one host round trip per call) off."""
+def checked(fn):
+    """fn with the value checks (kernels.check_values, one host round trip per call) on every call; the
+    default ("auto") skips them on CUDA without cu_seqlens."""
 
     def call(*args, **kw):
-        with segment_setting("CHECK_VALUES", False, module=mudelta.kernels):
+        with segment_setting("CHECK_VALUES", True, module=mudelta.kernels):
             return fn(*args, **kw)
 
     return call
@@ -263,7 +264,7 @@ def run_bench(results, shapes=SHAPES):
         inp = make_inputs(B, T, H, K, V, torch.bfloat16, device="cuda", h0=False)
         q, k, v, g, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
         do = torch.randn_like(v)
-        impls = [("mudelta", chunk_gated_delta_rule), ("mudelta-nocheck", unchecked(chunk_gated_delta_rule))]
+        impls = [("mudelta", chunk_gated_delta_rule), ("mudelta-checked", checked(chunk_gated_delta_rule))]
         if segmented_by_default(B, T, H, V):
             impls.append(("mudelta-noseg", unsegmented))  # what the segmented state recurrence buys
         if fla_chunk is not None:
@@ -330,7 +331,7 @@ def run_bench(results, shapes=SHAPES):
     q, k, v, g, beta, h0 = (inp[n] for n in ("q", "k", "v", "g", "beta", "h0"))
     impls = [
         ("mudelta", fused_recurrent_gated_delta_rule),
-        ("mudelta-nocheck", unchecked(fused_recurrent_gated_delta_rule)),
+        ("mudelta-checked", checked(fused_recurrent_gated_delta_rule)),
     ]
     if fla_rec is not None:
         impls.append(("fla", fla_rec))

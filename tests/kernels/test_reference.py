@@ -1,5 +1,7 @@
 """Chunked pure-PyTorch gated delta rule (the CPU path) against the naive float64 recurrence."""
 
+import types
+
 import pytest
 import torch
 from mudelta.kernels import (
@@ -138,6 +140,29 @@ def test_values_the_chunked_paths_cannot_compute_are_refused():
         fused_recurrent_gated_delta_rule(*args, cu_seqlens=torch.tensor([0, 4, 21]))
     with pytest.raises(ValueError, match=r"B, H, K >= 1"):
         chunk_gated_delta_rule(*(t[:0] for t in args))
+
+
+def test_check_values_modes(monkeypatch):
+    """CHECK_VALUES "auto" checks off CUDA and with cu_seqlens only (on CUDA a check is a host round trip per call),
+    True always, False never; anything else is refused."""
+    import mudelta.kernels as kernels
+
+    inp = make_inputs(1, 20, 1, 8, 8, torch.float64, seed=7)
+    q, k, v, _, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
+    grow = 0.01 * torch.rand_like(inp["g"])
+    on_gpu = types.SimpleNamespace(is_cuda=True)
+    cu = torch.tensor([0, 20])
+    assert kernels.CHECK_VALUES == "auto"
+    assert kernels._check_values_now(grow, None) and kernels._check_values_now(on_gpu, cu)
+    assert not kernels._check_values_now(on_gpu, None)
+    monkeypatch.setattr(kernels, "CHECK_VALUES", True)
+    assert kernels._check_values_now(on_gpu, None)
+    monkeypatch.setattr(kernels, "CHECK_VALUES", False)
+    assert not kernels._check_values_now(grow, cu)
+    assert torch.isfinite(chunk_gated_delta_rule(q, k, v, grow, beta)[0]).all()  # unchecked: computed
+    monkeypatch.setattr(kernels, "CHECK_VALUES", "yes")
+    with pytest.raises(ValueError, match=r'CHECK_VALUES must be "auto", True or False, got \'yes\''):
+        chunk_gated_delta_rule(q, k, v, grow, beta)
 
 
 def test_wide_keys_take_the_torch_path_with_a_warning(monkeypatch):
