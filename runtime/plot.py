@@ -278,9 +278,9 @@ def plot(rows: list[dict], path: str | Path, metric: str = "final_val_loss") -> 
         drift = e["drift_steps"]
         drift = "-" if drift is None else drift
         steps = "step" if drift == 1 else "steps"
-        ax.set_title(
-            f"{e['parametrization']} / {e['optimizer']}: optimum drifts {drift} {steps}{_lost(e)}", fontsize=9
-        )
+        # two lines: on one, a file's label and the verdict overran the next panel's title
+        verdict = f"optimum drifts {drift} {steps}{_lost(e)}"
+        ax.set_title(f"{e['parametrization']} / {e['optimizer']}:\n{verdict}", fontsize=9)
         ax.legend(fontsize=7)
     title = "validation loss vs learning rate (x: diverged; circles: optimum per width)"
     fig.suptitle(title if len(pars) > 1 else title.replace(" (", "\n("), fontsize=10)  # one column: two lines
