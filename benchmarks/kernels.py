@@ -79,7 +79,7 @@ def run_checks(results, skip_fp32=False):
         inp = make_inputs(B, T, H, K, V, dtype, device=dev, regime=regime)
         t0 = time.time()
         try:
-            with segment_setting("SEGMENT_CHUNKS", extra.get("segment")):
+            with module_setting("SEGMENT_CHUNKS", extra.get("segment")):
                 err = compare(chunk_gated_delta_rule, inp, l2norm=extra.get("l2norm", False), ref_fn=ref64)
         except Exception as e:
             log(f"check {name} raised {e!r}")
@@ -212,7 +212,7 @@ def load_fla():
 
 
 @contextlib.contextmanager
-def segment_setting(name, value, module=triton_gdn):
+def module_setting(name, value, module=triton_gdn):
     """module.<name> (triton_gdn's SEGMENT_CHUNKS or SEGMENT_FILL, kernels' CHECK_VALUES) set to value
     inside the block."""
     old = getattr(module, name)
@@ -225,7 +225,7 @@ def segment_setting(name, value, module=triton_gdn):
 
 def unsegmented(*args, **kw):
     """chunk_gated_delta_rule with the state recurrence run over whole sequences."""
-    with segment_setting("SEGMENT_CHUNKS", 0):
+    with module_setting("SEGMENT_CHUNKS", 0):
         return chunk_gated_delta_rule(*args, **kw)
 
 
@@ -234,7 +234,7 @@ def checked(fn):
     default ("auto") skips them on CUDA without cu_seqlens."""
 
     def call(*args, **kw):
-        with segment_setting("CHECK_VALUES", True, module=mudelta.kernels):
+        with module_setting("CHECK_VALUES", True, module=mudelta.kernels):
             return fn(*args, **kw)
 
     return call
@@ -305,11 +305,11 @@ def run_bench(results, shapes=SHAPES):
                         "roofline_frac": roof / ms,
                     }
                 )
-                log(f"{name:8s} {mode:8s} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
+                log(f"{name:15s} {mode:8s} {str((B, T, H, K, V)):26s} {ms:8.3f} ms")
         # segment count: programs per multiprocessor (the default is SEGMENT_FILL); where the GPU is full
         # without segments (the first two shapes) forcing them costs 0.2-0.6 ms (kernels_v6_log.txt)
         for fill in (1, 4, 8) if segmented_by_default(B, T, H, V) else ():
-            with segment_setting("SEGMENT_FILL", fill):
+            with module_setting("SEGMENT_FILL", fill):
                 ms = bench(lambda a=(q, k, v, g, beta): chunk_gated_delta_rule(*a, output_final_state=False))
                 rows.append(
                     {
@@ -357,7 +357,7 @@ def run_bench(results, shapes=SHAPES):
             }
         )
         log(
-            f"{name:8s} decode   {str((N, 1, H, K, V)):26s} {ms:8.4f} ms"
+            f"{name:15s} decode   {str((N, 1, H, K, V)):26s} {ms:8.4f} ms"
             f"  state {state_bytes / ms / 1e9:.2f} TB/s"
         )
     for r in rows:

@@ -9,8 +9,8 @@ o_t = scale S^T q_t, scale = K^-0.5 by default. q, k [B, T, H, K]; v [B, T, H, V
 beta [B, T, H]; initial/final state [N, H, K, V] with N = B, or the number of sequences of ``cu_seqlens``
 (packed sequences, B == 1). The chunked paths need g finite and <= 0 (they exponentiate in-chunk sums of g),
 and cu_seqlens must rise from 0 to T. ``CHECK_VALUES`` says when that is checked: "auto" (default) where it
-is cheap, i.e. tensors off CUDA and calls with cu_seqlens (which wait for the GPU anyway, to read the
-lengths); True on every call (one host round trip each: on an H200 it took the
+is cheap, i.e. tensors off CUDA and chunked calls with cu_seqlens (which wait for the GPU anyway, to read
+the lengths; decoding does not); True on every call (one host round trip each: on an H200 it took the
 forward at (8, 4096, 16, 128, 128) from 0.79 to 1.14 ms and a decode step from 0.09 to 0.35 ms,
 benchmarks/results/kernels_v9_checks.md); False never.
 """
@@ -45,23 +45,29 @@ CHECK_VALUES = "auto"
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    return (
+        isinstance(t, torch.Tensor)
+        and t.is_cuda
+        and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    )
 
 
-def _check_values_now(g, cu_seqlens) -> bool:
-    """Whether this call checks g and cu_seqlens by CHECK_VALUES; never inside torch.compile (a host round
-    trip would break the graph)."""
-    if CHECK_VALUES not in ("auto", True, False):
-        raise ValueError(f'mudelta.kernels.CHECK_VALUES must be "auto", True or False, got {CHECK_VALUES!r}')
-    if CHECK_VALUES is False or torch.compiler.is_compiling():
+def _check_values_now(g, reads_lengths: bool) -> bool:
+    """Whether this call checks g and cu_seqlens by CHECK_VALUES; reads_lengths: the call reads cu_seqlens
+    on the host anyway (the chunked paths of a varlen batch). Never inside torch.compile (a host round trip
+    would break the graph)."""
+    mode = CHECK_VALUES
+    if not (isinstance(mode, bool) or isinstance(mode, str) and mode == "auto"):
+        raise ValueError(f'mudelta.kernels.CHECK_VALUES must be "auto", True or False, got {mode!r}')
+    if mode is False or torch.compiler.is_compiling():
         return False
-    return CHECK_VALUES is True or not g.is_cuda or cu_seqlens is not None
+    return mode is True or not g.is_cuda or reads_lengths
 
 
-def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens):
+def _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, reads_lengths):
     """Validate the inputs (check_inputs, check_values) and resolve the default scale K^-0.5."""
     _, T, _, K, _, _ = check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
-    if _check_values_now(g, cu_seqlens):
+    if _check_values_now(g, reads_lengths):
         check_values(g, T, cu_seqlens)
     if scale is None:
         return K**-0.5
@@ -96,7 +102,7 @@ def chunk_gated_delta_rule(
 
     Returns (o [B, T, H, V] in v's dtype, final state [N, H, K, V] float32 or None).
     """
-    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, reads_lengths=cu_seqlens is not None)
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     if _use_triton(q):
         if q.shape[-1] <= TRITON_MAX_K:
@@ -128,13 +134,14 @@ def fused_recurrent_gated_delta_rule(
     The Triton decode kernel is forward-only; when any input needs a gradient the call goes through the
     chunked path, which computes the same function with autograd.
     """
-    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens)  # g <= 0, as for the chunked path
-    args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, g, beta, initial_state)
     )
+    args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     if not _use_triton(q) or needs_grad:
-        return chunk_gated_delta_rule(*args)
+        return chunk_gated_delta_rule(*args)  # which checks the inputs
+    # g <= 0, as for the chunked path; the decode kernel does not read cu_seqlens on the host
+    scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, reads_lengths=False)
     from .triton_gdn import fused_recurrent_triton
 
-    return _triton_call(fused_recurrent_triton, *args)
+    return _triton_call(fused_recurrent_triton, *args[:5], scale, *args[6:])

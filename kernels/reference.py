@@ -109,8 +109,10 @@ def check_values(g, T, cu_seqlens=None) -> None:
     if bad[0]:
         raise ValueError("g must be finite (a log decay; a decay of exactly 0 is g = -inf, not supported)")
     if bad[1]:
-        raise ValueError(f"g must be <= 0 (a log decay), got max {g.max().item():.3g}; the chunked kernels "
-                         "lose accuracy for g > 0 (naive_recurrent_gated_delta_rule computes it exactly)")
+        raise ValueError(
+            f"g must be <= 0 (a log decay), got max {g.max().item():.3g}; the chunked kernels "
+            "lose accuracy for g > 0 (naive_recurrent_gated_delta_rule computes it exactly)"
+        )
     if cu_seqlens is not None and bad[-1]:
         raise ValueError(f"cu_seqlens must rise from 0 to T={T}, got {cu_seqlens.tolist()}")
 

@@ -143,26 +143,37 @@ def test_values_the_chunked_paths_cannot_compute_are_refused():
 
 
 def test_check_values_modes(monkeypatch):
-    """CHECK_VALUES "auto" checks off CUDA and with cu_seqlens only (on CUDA a check is a host round trip per call),
-    True always, False never; anything else is refused."""
+    """CHECK_VALUES "auto" checks off CUDA, and on CUDA where the call reads cu_seqlens on the host anyway
+    (elsewhere a check is one more host round trip per call); True always, False never, others refused."""
     import mudelta.kernels as kernels
 
     inp = make_inputs(1, 20, 1, 8, 8, torch.float64, seed=7)
     q, k, v, _, beta = (inp[n] for n in ("q", "k", "v", "g", "beta"))
     grow = 0.01 * torch.rand_like(inp["g"])
     on_gpu = types.SimpleNamespace(is_cuda=True)
-    cu = torch.tensor([0, 20])
     assert kernels.CHECK_VALUES == "auto"
-    assert kernels._check_values_now(grow, None) and kernels._check_values_now(on_gpu, cu)
-    assert not kernels._check_values_now(on_gpu, None)
+    assert kernels._check_values_now(grow, False) and kernels._check_values_now(on_gpu, True)
+    assert not kernels._check_values_now(on_gpu, False)
     monkeypatch.setattr(kernels, "CHECK_VALUES", True)
-    assert kernels._check_values_now(on_gpu, None)
+    assert kernels._check_values_now(on_gpu, False)
     monkeypatch.setattr(kernels, "CHECK_VALUES", False)
-    assert not kernels._check_values_now(grow, cu)
+    assert not kernels._check_values_now(grow, True)
     assert torch.isfinite(chunk_gated_delta_rule(q, k, v, grow, beta)[0]).all()  # unchecked: computed
-    monkeypatch.setattr(kernels, "CHECK_VALUES", "yes")
-    with pytest.raises(ValueError, match=r'CHECK_VALUES must be "auto", True or False, got \'yes\''):
-        chunk_gated_delta_rule(q, k, v, grow, beta)
+    for bad in ("yes", 0, 1):  # 0 and 1 are not False and True here: a typo, not a mode
+        monkeypatch.setattr(kernels, "CHECK_VALUES", bad)
+        with pytest.raises(ValueError, match=r'CHECK_VALUES must be "auto", True or False, got '):
+            chunk_gated_delta_rule(q, k, v, grow, beta)
+
+
+def test_decode_fallback_checks_values_once(monkeypatch):
+    """Decoding off the Triton kernel goes through the chunked path, which checks the values itself."""
+    import mudelta.kernels as kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "check_values", lambda *a: calls.append(a))
+    inp = make_inputs(1, 3, 2, 8, 8, torch.float64, seed=3)
+    fused_recurrent_gated_delta_rule(*(inp[n] for n in ("q", "k", "v", "g", "beta")))
+    assert len(calls) == 1
 
 
 def test_wide_keys_take_the_torch_path_with_a_warning(monkeypatch):
