@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +149,19 @@ def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict
 
 
 def latest(directory: Path) -> Path | None:
+    """The checkpoint `latest` points at; without the pointer, or when the folder it names is gone (deleted
+    as corrupt), the newest step_NNNNNNNN folder left, with a warning."""
     pointer = directory / "latest"
-    if not pointer.exists():
-        return None
-    path = directory / pointer.read_text().strip()
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint pointer {pointer} names {path.name}, which does not exist")
-    return path
+    if pointer.exists():
+        path = directory / pointer.read_text().strip()
+        if path.is_dir():
+            return path
+    steps = sorted(p for p in directory.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name))
+    if pointer.exists():
+        left = f"using the newest left, {steps[-1].name}" if steps else "none is left"
+        warnings.warn(f"checkpoint pointer {pointer} names {path.name}, which does not exist; {left}",
+                      stacklevel=2)
+    return steps[-1] if steps else None
 
 
 def load(path: Path, config_hash: str | tuple, config: dict | None = None) -> tuple[dict, dict, dict]:
@@ -174,7 +182,7 @@ def load(path: Path, config_hash: str | tuple, config: dict | None = None) -> tu
         raise CheckpointError(f"checkpoint {path}: format {got!r}, expected {FORMAT!r}")
     if "state_sha256" in meta and meta["state_sha256"] != _state_digest(meta):
         raise CheckpointError(f"checkpoint {state_file} was edited or damaged: its content does not match "
-                              "its state_sha256; delete the checkpoint to resume from an earlier one")
+                              "its state_sha256; delete its folder to resume from the one before")
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or path.name != f"step_{step:08d}":
         raise CheckpointError(f"checkpoint {path}: state.json says step {step!r}, the folder another")
@@ -196,7 +204,7 @@ def load(path: Path, config_hash: str | tuple, config: dict | None = None) -> tu
         if _sha256(f) != digest:
             raise CheckpointError(
                 f"checkpoint {f} is corrupt: its sha256 does not match state.json "
-                "(truncated or overwritten); delete it to resume from an earlier one"
+                "(truncated or overwritten); delete its folder to resume from the one before"
             )
     try:
         model_sd = load_file(path / "model.safetensors")

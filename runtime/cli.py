@@ -385,6 +385,14 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`mudelta derive gdn | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt as exc:  # ^C: train's Interrupted names its checkpoint
+        from mudelta.runtime.train import Interrupted
+
+        if isinstance(exc, Interrupted):
+            print(f"mudelta: {exc}; checkpoint {exc.path}; continue with --resume", file=sys.stderr)
+        else:
+            print("mudelta: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

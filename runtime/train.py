@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -86,6 +88,37 @@ def diagnose(optimizer) -> str:
         f"largest gradient relative to its weights (|g|/|w| = {worst_ratio:.3g}) in "
         f"{_group_name(worst, optimizer.param_groups[worst])}"
     )
+
+
+class Interrupted(KeyboardInterrupt):
+    """^C (SIGINT) during training: the run stopped after a whole step and wrote a checkpoint there."""
+
+    def __init__(self, step: int, path: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.path = step, path
+
+
+@contextmanager
+def _stop_on_sigint():
+    """A flag set by the first ^C (the loop finishes its step, saves and stops); a second ^C aborts at once.
+    Off the main thread (where signals cannot be caught) the flag stays unset."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+        print("\ninterrupted: stopping after this step and saving a checkpoint (^C again to abort now)",
+              file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class _Dist:
@@ -342,6 +375,8 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             )
         timed_from = step + max(1, min(10, (t.steps - step) // 10))
         timed_seconds, started = 0.0, time.perf_counter()
+        stack = ExitStack()
+        interrupt = stack.enter_context(_stop_on_sigint())
         try:
             while step < t.steps:
                 tick = time.perf_counter()
@@ -351,7 +386,9 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     _, loss = fwd(x.to(dev.device, non_blocking=True), y.to(dev.device, non_blocking=True))
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
-                loss_value = dev.mean(loss.detach().float()).item()
+                # the interrupt flag rides along with the loss: every rank stops after the same step
+                stop = torch.tensor(float(interrupt["set"]), device=loss.device)
+                loss_value, stopping = dev.mean(torch.stack([loss.detach().float(), stop])).tolist()
                 norm_value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if init_loss is None:
                     init_loss = loss_value
@@ -397,8 +434,10 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     bar.set_postfix(
                         loss=f"{loss_value:.4f}", val=f"{val_loss:.4f}" if val_loss else "-", refresh=False
                     )
-                if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps:
+                if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stopping:
                     save(step)
+                if stopping and step < t.steps:
+                    raise Interrupted(step, ckdir / f"step_{step:08d}")
             result["final_val_loss"] = val_loss
             if val_loss is not None and not math.isfinite(val_loss):
                 result["diverged"], result["error"] = True, f"validation loss {val_loss} at step {step}"
@@ -407,6 +446,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             result["diverged"], result["error"] = True, str(exc)
             log({"step": exc.step, "diverged": str(exc)})
         finally:
+            stack.close()
             if bar is not None:
                 bar.close()
             if metrics is not None:

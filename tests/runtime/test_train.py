@@ -70,6 +70,48 @@ def test_resume_is_bit_exact_without_optimizer_state(byte_data, tmp_path, extra)
     assert losses(a) == losses(b)
 
 
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(byte_data, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import mudelta.runtime.train as train
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(load_config(None, tiny_overrides(byte_data, a)), progress=False)
+    schedule = train.schedule
+
+    def interrupt_at_step_3(opt, step, cfg):
+        if step == 2:  # during the third step
+            signal.raise_signal(signal.SIGINT)
+        return schedule(opt, step, cfg)
+
+    monkeypatch.setattr(train, "schedule", interrupt_at_step_3)
+    args = ["train", "--quiet"] + [x for o in tiny_overrides(byte_data, b) for x in ("--set", o)]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "stopping after this step" in err and "interrupted at step 3; checkpoint" in err
+    assert "continue with --resume" in err
+    assert (b / "checkpoints" / "step_00000003").is_dir() and not (b / "result.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(train, "schedule", schedule)
+    run(load_config(None, tiny_overrides(byte_data, b)), resume=True, progress=False)
+    assert losses(a) == losses(b)
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_left(byte_data, tmp_path):
+    from mudelta.runtime import checkpoint
+
+    out = tmp_path / "run"
+    run(load_config(None, tiny_overrides(byte_data, out, **{"train.ckpt_every": 3})), progress=False)
+    ck = out / "checkpoints"
+    shutil.rmtree(ck / "step_00000006")  # deleted as corrupt, as the error advises
+    with pytest.warns(UserWarning, match="names step_00000006, which does not exist; using the newest left"):
+        assert checkpoint.latest(ck) == ck / "step_00000003"
+    (ck / "latest").unlink()
+    assert checkpoint.latest(ck) == ck / "step_00000003"  # a run is there: not a fresh start
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        run(load_config(None, tiny_overrides(byte_data, out)), progress=False)
+
+
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
     out = tmp_path / "run"
     run(load_config(None, tiny_overrides(byte_data, out, **{"train.steps": 2})), progress=False)
