@@ -389,7 +389,8 @@ def main(argv=None) -> int:
         from mudelta.runtime.train import Interrupted
 
         if isinstance(exc, Interrupted):
-            print(f"mudelta: {exc}; checkpoint {exc.path}; continue with --resume", file=sys.stderr)
+            again = "run the sweep again to continue" if args.func is cmd_sweep else "continue with --resume"
+            print(f"mudelta: {exc}; checkpoint {exc.path}; {again}", file=sys.stderr)
         else:
             print("mudelta: interrupted", file=sys.stderr)
         return 130

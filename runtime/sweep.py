@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -252,14 +253,20 @@ def _pin_models(base: Config, todo: list[Trial]) -> None:
         m.module = paths[k]
 
 
-def _subprocess(trial: Trial, env: dict, log: Path) -> dict:
+def _subprocess(trial: Trial, env: dict, log: Path, running: set) -> dict:
+    """Train one trial in its own process (kept in `running` while it runs, for ^C to reach it)."""
     trial_dir = Path(trial.config.out)
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = trial_dir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "mudelta.runtime.cli", "train", str(cfg_file), "--resume", "--quiet"]
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        running.add(proc)
+        try:
+            proc.wait()
+        finally:
+            running.discard(proc)
     result_file = trial_dir / "result.json"
     if result_file.exists():
         result = json.loads(result_file.read_text())
@@ -356,13 +363,17 @@ def run_sweep(
     free = list(slots)
     free_lock = threading.Condition()
     threads = max(1, (os.cpu_count() or 1) // len(slots))
+    running: set = set()  # the trials' processes
+    stopping = threading.Event()  # ^C: start no more trials, record none that it cut short
 
-    def work(t: Trial) -> dict:
+    def work(t: Trial) -> None:
         with free_lock:
             while not free:
                 free_lock.wait()
             slot = free.pop()
         try:
+            if stopping.is_set():
+                return
             env = dict(os.environ)
             if slot is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slot
@@ -372,17 +383,37 @@ def run_sweep(
                 env["OMP_NUM_THREADS"] = str(threads)
             log = Path(t.config.out) / "train.log"
             try:
-                return _row(t, _subprocess(t, env, log))
+                row = _row(t, _subprocess(t, env, log, running))
             except RuntimeError as exc:
-                return _row(t, None, str(exc))
+                if stopping.is_set():  # stopped by the ^C: it left a checkpoint, the next sweep resumes it
+                    return
+                row = _row(t, None, str(exc))
+            record(row)  # here, not in the main thread: a finished trial is kept whatever happens there
+            bar.update(1)
         finally:
             with free_lock:
                 free.append(slot)
                 free_lock.notify()
 
-    with ThreadPoolExecutor(len(slots)) as pool:
-        for fut in as_completed([pool.submit(work, t) for t in todo]):
-            record(fut.result())
-            bar.update(1)
+    pool = ThreadPoolExecutor(len(slots))
+    futures = []
+    try:
+        futures += [pool.submit(work, t) for t in todo]
+        for fut in as_completed(futures):
+            fut.result()
+    except KeyboardInterrupt:
+        stopping.set()
+        for fut in futures:
+            fut.cancel()
+        tqdm.write(
+            f"interrupted: stopping {len(running)} running trial(s) at their next step (each writes a "
+            f"checkpoint); finished trials are in {results}; running the sweep again continues it",
+            file=sys.stderr,
+        )
+        for proc in list(running):  # they may not share the terminal's process group
+            proc.send_signal(signal.SIGINT)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return rows

@@ -83,6 +83,46 @@ def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):
     assert rows[30.0]["status"] == "diverged" and rows[30.0]["diverged"] and rows[30.0]["error"]
 
 
+def test_ctrl_c_keeps_finished_trials_and_starts_no_more(byte_data, tmp_path, monkeypatch):
+    """^C in a parallel sweep: the finished trial's row is written, the running one is sent SIGINT (it
+    checkpoints) and gets no row, the queued ones never start; running the sweep again runs the rest."""
+    import signal
+    import threading
+    import time
+
+    import mudelta.runtime.sweep as sweep
+
+    path = sweep_file(byte_data, tmp_path)
+    base, grid = load_sweep(str(path), None, ["sweep.parametrizations=[mup]", "sweep.widths=[32]",
+                                              "sweep.lrs=[0.001, 0.002, 0.004, 0.008, 0.016]"])
+    started, interrupted = [], []
+
+    class Proc:
+        def send_signal(self, sig):
+            interrupted.append(sig)
+
+    def fake(trial, env, log, running):
+        started.append(trial.lr)
+        if len(started) == 1:
+            return {"final_val_loss": 1.0, "steps": 2}
+        running.add(Proc())
+        if len(started) == 2:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        deadline = time.monotonic() + 30  # a sweep that never signals fails the test instead of hanging it
+        while not interrupted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise RuntimeError("exit code 130")
+
+    monkeypatch.setattr(sweep, "_subprocess", fake)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, grid, devices=[], workers=2, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "sw" / "results.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [started[0]] and rows[0]["status"] == "ok"
+    assert len(started) in (2, 3) and interrupted  # at most the two slots' trials after the first
+    monkeypatch.setattr(sweep, "_subprocess", lambda trial, env, log, running: {"final_val_loss": 2.0})
+    assert len(run_sweep(base, grid, devices=[], workers=2, progress=False)) == 4
+
+
 @pytest.mark.parametrize(
     "sets, message",
     [
