@@ -309,6 +309,14 @@ def run_sweep(
     if not m.module and m.spec in SPECS and "vocab" in options(m.spec) and "vocab" not in m.options:
         m.options = {**m.options, "vocab": str(TokenData(data).vocab_size)}
     all_trials = trials(base, grid)
+    if m.module:  # one given model for the whole grid: every trial must be what it was generated for
+        from mudelta.codegen import load_module
+
+        from .train import check_module
+
+        given = load_module(Path(m.module), f"mudelta_sweep_{Path(m.module).stem}")
+        for t in all_trials:
+            check_module(given, t.config, m.module)
     _pin_models(base, all_trials)
     grid_trials = shard(all_trials, shard_spec)
     done = finished(results)

@@ -178,6 +178,28 @@ def optimizer_for(cfg: Config, module, model):
     return make_optimizer(cfg.model.optimizer, groups, t.lr, momentum=t.momentum, betas=t.betas)
 
 
+def check_module(module, cfg: Config, path) -> None:
+    """A given model.module must be what the config describes: its rules are for one parametrization and
+    optimizer, and the options were applied when it was rendered (they cannot change it now)."""
+    import yaml
+
+    gen, m = module.Config(), cfg.model
+    for key in ("parametrization", "optimizer"):
+        if getattr(gen, key) != getattr(m, key):
+            raise ValueError(
+                f"model.module {path} was generated for {key} {getattr(gen, key)!r}, the config says "
+                f"{getattr(m, key)!r}; regenerate it, or drop model.module to render one"
+            )
+    for key, value in m.options.items():
+        value = yaml.safe_load(value) if isinstance(value, str) else value
+        if not hasattr(gen, key) or getattr(gen, key) != value:
+            have = f"it has {key}={getattr(gen, key)!r}" if hasattr(gen, key) else "options apply at rendering"
+            raise ValueError(
+                f"model.options.{key}={value!r} cannot change model.module {path} ({have}); regenerate it "
+                f"with mudelta codegen --set {key}=..., or drop model.module"
+            )
+
+
 def build_model(cfg: Config, vocab: int | None, workdir: Path):
     """The generated model module (rendered into workdir unless cfg.model.module names one) and the model."""
     from mudelta.codegen import load_module
@@ -198,6 +220,8 @@ def build_model(cfg: Config, vocab: int | None, workdir: Path):
             f"model {m.spec}: an MLP classifier; `mudelta train` trains language models "
             "(gdn, gdn-heads, gdn-hybrid, transformer)"
         )
+    if m.module:
+        check_module(module, cfg, path)
     base = module.Config().base_width
     if base != m.base_width:
         raise ValueError(

@@ -83,6 +83,16 @@ def test_worker_trials_record_divergence_as_an_outcome(byte_data, tmp_path):
     assert rows[30.0]["status"] == "diverged" and rows[30.0]["diverged"] and rows[30.0]["error"]
 
 
+def test_a_given_module_is_refused_for_a_grid_over_parametrizations(byte_data, tmp_path):
+    path = sweep_file(byte_data, tmp_path)
+    base, grid = load_sweep(str(path), None, ["sweep.widths=[32]", "sweep.lrs=[0.01]"])
+    run_sweep(base, grid, devices=[], progress=False)
+    module = str(next((tmp_path / "sw" / "models").glob("*_mup_*.py")))
+    base, grid = load_sweep(str(path), None, [f"model.module={module}", "sweep.lrs=[0.02]"])
+    with pytest.raises(ValueError, match="generated for parametrization 'mup', the config says 'sp'"):
+        run_sweep(base, grid, devices=[], progress=False)
+
+
 def test_ctrl_c_keeps_finished_trials_and_starts_no_more(byte_data, tmp_path, monkeypatch):
     """^C in a parallel sweep: the finished trial's row is written, the running one is sent SIGINT (it
     checkpoints) and gets no row, the queued ones never start; running the sweep again runs the rest."""

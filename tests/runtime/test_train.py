@@ -204,6 +204,23 @@ def test_a_checkpoint_from_before_module_content_hashing_resumes(byte_data, tmp_
     assert run(cfg, resume=True, progress=False)["final_val_loss"] == meta["val_loss"]
 
 
+def test_a_given_module_must_match_the_config(byte_data, tmp_path):
+    """model.module holds rules for one parametrization and optimizer, and its options are baked in: a
+    config that says otherwise is refused, not trained with the module's rules under the config's labels."""
+    first = tmp_path / "first"
+    run(load_config(None, tiny_overrides(byte_data, first, **{"train.steps": 1})), progress=False)
+    module = str(next((first / "models").glob("*.py")))
+    for key, value, message in (
+        ("model.parametrization", "sp", "generated for parametrization 'mup', the config says 'sp'"),
+        ("model.optimizer", "sgd", "generated for optimizer 'adamw', the config says 'sgd'"),
+        ("model.options.layers", "3", r"model.options.layers=3 cannot change model.module .*it has layers=1"),
+        ("model.options.heads", "2", "model.options.heads=2 cannot change .*options apply at rendering"),
+    ):
+        over = {"train.steps": 1, "model.module": module, key: value}
+        with pytest.raises(ValueError, match=message):
+            run(load_config(None, tiny_overrides(byte_data, tmp_path / key, **over)), progress=False)
+
+
 def test_paths_in_the_way_are_named(byte_data, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
