@@ -193,7 +193,7 @@ def check_module(module, cfg: Config, path) -> None:
     for key, value in m.options.items():
         value = yaml.safe_load(value) if isinstance(value, str) else value
         if not hasattr(gen, key) or getattr(gen, key) != value:
-            have = f"it has {key}={getattr(gen, key)!r}" if hasattr(gen, key) else "options apply at rendering"
+            have = f"it has {key}={getattr(gen, key)!r}" if hasattr(gen, key) else "options apply in rendering"
             raise ValueError(
                 f"model.options.{key}={value!r} cannot change model.module {path} ({have}); regenerate it "
                 f"with mudelta codegen --set {key}=..., or drop model.module"

@@ -214,7 +214,7 @@ def test_a_given_module_must_match_the_config(byte_data, tmp_path):
         ("model.parametrization", "sp", "generated for parametrization 'mup', the config says 'sp'"),
         ("model.optimizer", "sgd", "generated for optimizer 'adamw', the config says 'sgd'"),
         ("model.options.layers", "3", r"model.options.layers=3 cannot change model.module .*it has layers=1"),
-        ("model.options.heads", "2", "model.options.heads=2 cannot change .*options apply at rendering"),
+        ("model.options.heads", "2", "model.options.heads=2 cannot change .*options apply in rendering"),
     ):
         over = {"train.steps": 1, "model.module": module, key: value}
         with pytest.raises(ValueError, match=message):
