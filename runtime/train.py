@@ -193,7 +193,9 @@ def check_module(module, cfg: Config, path) -> None:
     for key, value in m.options.items():
         value = yaml.safe_load(value) if isinstance(value, str) else value
         if not hasattr(gen, key) or getattr(gen, key) != value:
-            have = f"it has {key}={getattr(gen, key)!r}" if hasattr(gen, key) else "options apply in rendering"
+            have = "options apply in rendering"
+            if hasattr(gen, key):
+                have = f"it has {key}={getattr(gen, key)!r}"
             raise ValueError(
                 f"model.options.{key}={value!r} cannot change model.module {path} ({have}); regenerate it "
                 f"with mudelta codegen --set {key}=..., or drop model.module"
