@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from mudelta.graphs.ir import SpecError
 from mudelta.graphs.presets import PRESETS, load, options
@@ -51,8 +52,6 @@ def cmd_explain(args) -> int:
 
 
 def cmd_codegen(args) -> int:
-    from pathlib import Path
-
     from mudelta.codegen import generate
 
     options = _overrides(args.set)
@@ -66,6 +65,8 @@ def cmd_codegen(args) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise FileNotFoundError(f"-o {out}: no folder {out.parent}")
+        if out.is_dir():
+            raise ValueError(f"-o {out}: a folder; give the model file's path, e.g. {out / 'model.py'}")
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(source)
         tmp.replace(out)  # atomic: a failed run never leaves half a file
@@ -74,6 +75,17 @@ def cmd_codegen(args) -> int:
             f"{args.base_width})"
         )
     return 0
+
+
+def _check_png(option: str, path: str) -> None:
+    """A PNG path that can be written: its folder exists, it is not a folder, it ends in .png."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"{option} {path}: expected a .png path (or 'none' to skip the plot)")
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: a folder, not a file")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"{option} {path}: no folder {p.parent}")
 
 
 def cmd_coord_check(args) -> int:
@@ -89,6 +101,9 @@ def cmd_coord_check(args) -> int:
         ) from None
     if any(w <= 0 for w in widths):
         raise ValueError(f"--widths {args.widths!r}: widths must be positive")
+    png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
+    if png != "none":
+        _check_png("--plot", png)  # before the measurement, which can take long
     result = coord.coord_check(
         args.spec,
         _overrides(args.set),
@@ -106,7 +121,6 @@ def cmd_coord_check(args) -> int:
         dtype=args.dtype,
         derived_norm_eps=args.derived_norm_eps,
     )
-    png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
     if png != "none":
         coord.plot(result, png)
     if args.format == "json":
@@ -119,8 +133,6 @@ def cmd_coord_check(args) -> int:
 
 
 def cmd_docs(args) -> int:
-    from pathlib import Path
-
     from mudelta.runtime.docs import write
 
     stale = write(Path(args.dir), check=args.check)
@@ -201,6 +213,8 @@ def cmd_plot(args) -> int:
 
     from mudelta.runtime import plot
 
+    if args.output != "none":
+        _check_png("-o", args.output)
     rows = plot.read_many(args.results)
     summary = plot.summarize(rows, args.metric)
     if not summary:

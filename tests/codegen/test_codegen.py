@@ -181,6 +181,10 @@ def test_cli_writes_the_file(tmp_path, capsys):
     assert main(["codegen", "gdn", "--set", "layers=1", "--set", "vocab=256", "-o", str(out)]) == 0
     assert "GatedDeltaNetForCausalLM" in out.read_text() and "wrote" in capsys.readouterr().out
     assert main(["codegen", "gdn", "--set", "layerz=1"]) == 2
+    capsys.readouterr()
+    assert main(["codegen", "mlp", "-o", str(tmp_path)]) == 2  # a folder: named, and no stray .tmp left
+    assert "a folder; give the model file's path" in capsys.readouterr().err
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp"))
 
 
 @pytest.mark.parametrize("case", ["gdn", "transformer"])

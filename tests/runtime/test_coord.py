@@ -53,6 +53,17 @@ def test_cli_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
+def test_a_plot_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(coord, "coord_check", lambda *a, **k: pytest.fail("measured before the path check"))
+    for path, message in ((tmp_path / "no" / "x.png", "no folder"), (tmp_path / "x.txt", "expected a .png"),
+                          (tmp_path, "expected a .png"), (tmp_path / "d.png", "a folder, not a file")):
+        (tmp_path / "d.png").mkdir(exist_ok=True)
+        assert main(["coord-check", "mlp", "--widths", "32,64", "--plot", str(path)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "r.jsonl"), "-o", str(tmp_path / "no" / "p.png")]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"widths": (64,)}, "at least two different widths"), ({"widths": (64, 64)}, "at least two different"),
