@@ -387,7 +387,14 @@ class TokenData:
                         f"({shard['tokens'] * self.dtype.itemsize} bytes), found "
                         f"{'no file' if size < 0 else f'{size} bytes'}; prepare the data again"
                     )
-                maps.append(np.memmap(f, dtype=self.dtype, mode="r"))
+                tokens = np.memmap(f, dtype=self.dtype, mode="r")
+                top = int(tokens.max()) if tokens.size else -1  # one pass: an id past the vocab breaks the model
+                if top >= self.vocab_size:
+                    raise DataError(
+                        f"data {f}: token id {top} is not below the header's vocab_size {self.vocab_size} "
+                        "(a damaged header or shard); prepare the data again"
+                    )
+                maps.append(tokens)
             self._maps[name] = maps
         return self._maps[name]
 

@@ -67,6 +67,9 @@ def test_a_damaged_header_is_named(tmp_path, capsys):
     (out / "header.json").write_text(json.dumps({k: v for k, v in h.items() if k != "tokenizer"}))
     with pytest.raises(data.DataError, match="header.json: damaged header"):
         data.TokenData(out)
+    (out / "header.json").write_text(json.dumps({**h, "tokenizer": {**h["tokenizer"], "vocab_size": 16}}))
+    with pytest.raises(data.DataError, match=r"token id \d+ is not below the header's vocab_size 16"):
+        data.TokenData(out).split("train")  # the model's embedding would fail on it, deep inside torch
     assert main(["data", "prepare", str(tmp_path / "corpus"), "--out", str(out), "--vocab-size", "300"]) == 2
     assert "--vocab-size is for --tokenizer bpe" in capsys.readouterr().err
 
