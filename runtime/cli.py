@@ -199,6 +199,11 @@ def cmd_sweep(args) -> int:
     devices = None if args.devices is None else [d for d in args.devices.split(",") if d != ""]
     if args.cpu:
         devices = []
+    elif devices:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--devices {args.devices}: no CUDA device is visible (--cpu runs on the CPU)")
     rows = run_sweep(
         base, grid, args.results, args.shard, devices, args.per_gpu, args.workers, progress=not args.quiet
     )

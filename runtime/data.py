@@ -388,7 +388,7 @@ class TokenData:
                         f"{'no file' if size < 0 else f'{size} bytes'}; prepare the data again"
                     )
                 tokens = np.memmap(f, dtype=self.dtype, mode="r")
-                top = int(tokens.max()) if tokens.size else -1  # one pass: an id past the vocab breaks the model
+                top = int(tokens.max()) if tokens.size else -1  # an id past the vocab breaks the model
                 if top >= self.vocab_size:
                     raise DataError(
                         f"data {f}: token id {top} is not below the header's vocab_size {self.vocab_size} "

@@ -299,6 +299,9 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 f"{out} already holds a run (checkpoints in {ckdir}); pass --resume "
                 "to continue it, or choose another out folder"
             )
+        if t.warmup > t.steps and main and progress:
+            print(f"warning: train.warmup {t.warmup} > train.steps {t.steps}: the lr never reaches train.lr",
+                  file=sys.stderr)
         data = TokenData(cfg.data.path)
         torch.manual_seed(t.seed)
         module, model = build_model(cfg, data.vocab_size, out)

@@ -169,6 +169,12 @@ def test_shard_spec():
         shard([1], "x")
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the GPUs asked for exist here")
+def test_devices_without_cuda_are_refused(tmp_path, capsys):
+    assert main(["sweep", "--preset", "tiny", "--devices", "0,1", "--set", f"out={tmp_path}"]) == 2
+    assert "--devices 0,1: no CUDA device is visible" in capsys.readouterr().err
+
+
 def test_tiny_preset_runs_on_cpu(tmp_path, capsys):
     # the CI-sized run of the preset: fewer steps than `mudelta sweep --preset tiny`
     out = tmp_path / "tiny"
