@@ -402,6 +402,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 leave=False,
                 dynamic_ncols=True,
             )
+        start = step
         timed_from = step + max(1, min(10, (t.steps - step) // 10))
         timed_seconds, started = 0.0, time.perf_counter()
         stack = ExitStack()
@@ -496,6 +497,12 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 "device": torch.cuda.get_device_name(dev.device) if dev.device.type == "cuda" else "cpu",
             }
         )
+        if step == start and (out / "result.json").exists():  # resumed a finished run: keep its timing
+            try:
+                old = json.loads((out / "result.json").read_text())
+                result.update({k: old.get(k) for k in ("tokens_per_s", "mfu", "seconds")})
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                pass  # a damaged summary is rewritten from the checkpoint
         if main:
             tmp = out / "result.json.tmp"
             tmp.write_text(json.dumps(result, indent=1) + "\n")

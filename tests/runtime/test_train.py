@@ -42,8 +42,10 @@ def test_resume_is_bit_exact(byte_data, tmp_path):
     meta = json.loads((b / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert meta["step"] == 6 and meta["data_position"]["window"] == 24 and "rng" in meta
     # a sweep that lost its results file resumes a finished trial at its last checkpoint: same final loss
+    timing = json.loads((b / "result.json").read_text())
     again = run(cfg_b, resume=True, progress=False)
     assert again["final_val_loss"] == result["final_val_loss"] and again["tokens"] == result["tokens"]
+    assert again["seconds"] == timing["seconds"] and again["tokens_per_s"] == timing["tokens_per_s"]
     # a checkpoint written before it kept the loss (and before state.json had its own hash): the loss logged
     state = b / "checkpoints" / "step_00000006" / "state.json"
     old = {k: v for k, v in json.loads(state.read_text()).items() if k not in ("val_loss", "state_sha256")}
