@@ -221,6 +221,14 @@ def cmd_plot(args) -> int:
     if args.output != "none":
         _check_png("-o", args.output)
     rows = plot.read_many(args.results)
+    errors = [r for r in rows if r.get("status") == "error"]
+    if errors:  # crashed trials have no loss: say what the summary leaves out
+        where = sorted({(r["parametrization"], r["optimizer"], r["width"]) for r in errors})
+        print(
+            f"note: {len(errors)} trial(s) ended in an error and are left out: "
+            + ", ".join(f"{p} {o} width {w}" for p, o, w in where),
+            file=sys.stderr,
+        )
     summary = plot.summarize(rows, args.metric)
     if not summary:
         raise ValueError(f"no finished trials to summarise in {', '.join(args.results)}")

@@ -307,3 +307,12 @@ def test_plot_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"width": 1}\n')
     assert main(["plot", str(tmp_path / "bad.jsonl"), "-o", "none"]) == 2
     assert "bad.jsonl:1: missing lr" in capsys.readouterr().err
+
+
+def test_plot_names_the_trials_it_leaves_out(tmp_path, capsys):
+    rows = rows_from({64: [5.0, 4.0, 4.5, 5.0, 6.0], 128: [4.8, 3.9, 4.4, 5.0, 6.0]})
+    rows.append({**rows[0], "width": 256, "status": "error", "final_val_loss": None, "error": "exit code 1"})
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(path), "-o", "none"]) == 0
+    assert "1 trial(s) ended in an error and are left out: mup adamw width 256" in capsys.readouterr().err
