@@ -204,6 +204,16 @@ def _tail(d: Derivation) -> list[str]:
 def explain(d: Derivation, param: str, depth: int | None = None) -> str:
     """Every step used to reach `param`'s rule, dependencies first, each with the fact applied."""
     names = [r.name for r in d.params]
+    note = []
+    if param not in names and "*" in param:  # a collapsed name of the table: its first layer's derivation
+        pattern = re.escape(param).replace(r"\*", r"\d+")
+        matches = [r for r in d.params if re.fullmatch(pattern, r.name)]
+        if len({(r.init_std, r.multiplier, r.lr_scale, r.eps_scale) for r in matches}) > 1:
+            covered = ", ".join(r.name for r in matches)
+            raise KeyError(f"{param} covers layers with different rules ({covered}): give one layer's number")
+        if matches:
+            note = [f"({param}: the derivation for {matches[0].name}; every layer it covers has its rule)"]
+            param = matches[0].name
     if param not in names:
         raise KeyError(f"no parameter {param!r} in {d.spec}{suggest(param, names)}")
     rule = d.param(param)
@@ -228,6 +238,7 @@ def explain(d: Derivation, param: str, depth: int | None = None) -> str:
         visit(key, 0)
     opt = d.optimizer
     out = [
+        *note,
         f"{param}  ({rule.category} weight, shape {' x '.join(rule.shape)}) under {opt.name}:",
         f"  init std {rule.init_std}, multiplier {rule.multiplier}, lr scale {rule.lr_scale}"
         + (f", eps scale {rule.eps_scale}" if rule.eps is not None else "")

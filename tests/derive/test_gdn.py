@@ -140,6 +140,16 @@ def test_explain_shows_the_gradient_through_the_recurrence(capsys):
     assert "g1(l0_beta)" in out and "d(l0_b)" in out and "the binding term" in out
 
 
+def test_explain_takes_the_tables_collapsed_names(capsys):
+    """`layers.*.x` as `derive` prints it: layer 0's derivation when every layer shares the rule, else an
+    error naming the layers (the hybrid's attention and GDN blocks both have an attn.q_proj)."""
+    assert main(["explain", "gdn", "layers.*.attn.a_proj.weight", "--set", "layers=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("(layers.*.attn.a_proj.weight: the derivation for layers.0.attn.a_proj.weight")
+    assert main(["explain", "gdn-hybrid", "layers.*.attn.q_proj.weight", "--set", "layers=4"]) == 2
+    assert "covers layers with different rules" in capsys.readouterr().err
+
+
 def test_json_contract(capsys):
     assert main(["derive", "gdn", "--set", "layers=1", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
