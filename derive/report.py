@@ -92,8 +92,9 @@ def _tex_text(line: str) -> str:
     return line.replace("*", r"$\ast$").replace("  - ", r"\quad ")
 
 
-def to_json(d: Derivation) -> str:
-    return json.dumps(d.to_dict(), indent=2)
+def to_json(d: Derivation, **extra) -> str:
+    """The derivation as JSON; `extra` keys (the CLI's preset and options) come first."""
+    return json.dumps({**extra, **d.to_dict()}, indent=2)
 
 
 def short_fact(fact: str) -> str:

@@ -36,8 +36,8 @@ def cmd_derive(args) -> int:
 
     d = _derivation(args)
     emit = {"table": report.table, "markdown": report.markdown, "latex": report.latex}
-    if args.format == "json":
-        print(report.to_json(d))
+    if args.format == "json":  # "spec" is the graph's name; the preset or file and options say which one
+        print(report.to_json(d, preset=args.spec, options=_overrides(args.set)))
     else:
         print(emit[args.format](d, collapse=not args.all_layers))
     return 1 if (d.violations and args.parametrization == "mup") else 0

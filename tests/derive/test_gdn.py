@@ -154,6 +154,7 @@ def test_json_contract(capsys):
     assert main(["derive", "gdn", "--set", "layers=1", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"spec", "optimizer", "parametrization", "parameters", "multipliers", "nodes", "violations"} <= set(data)
+    assert data["preset"] == "gdn" and data["options"] == {"layers": "1"}
     gate = next(p for p in data["parameters"] if p["name"] == "layers.0.attn.a_proj.weight")
     assert (gate["init_std"], gate["lr_scale"], gate["wd_scale"]) == ("n**(-1)", "n**(-1)", "n")
 
