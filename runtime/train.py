@@ -180,9 +180,8 @@ def optimizer_for(cfg: Config, module, model):
 
 def check_module(module, cfg: Config, path) -> None:
     """A given model.module must be what the config describes: its rules are for one parametrization and
-    optimizer, and the options were applied when it was rendered (they cannot change it now)."""
-    import yaml
-
+    optimizer, and the options its Config records (layers, tied, vocab, ...) were applied when it was
+    rendered. Options it does not record (heads, d_k, ...) cannot be checked here."""
     gen, m = module.Config(), cfg.model
     for key in ("parametrization", "optimizer"):
         if getattr(gen, key) != getattr(m, key):
@@ -191,14 +190,11 @@ def check_module(module, cfg: Config, path) -> None:
                 f"{getattr(m, key)!r}; regenerate it, or drop model.module to render one"
             )
     for key, value in m.options.items():
-        value = yaml.safe_load(value) if isinstance(value, str) else value
-        if not hasattr(gen, key) or getattr(gen, key) != value:
-            have = "options apply in rendering"
-            if hasattr(gen, key):
-                have = f"it has {key}={getattr(gen, key)!r}"
+        if hasattr(gen, key) and str(value).lower() != str(getattr(gen, key)).lower():  # "true", "6"
             raise ValueError(
-                f"model.options.{key}={value!r} cannot change model.module {path} ({have}); regenerate it "
-                f"with mudelta codegen --set {key}=..., or drop model.module"
+                f"model.options.{key}={value!r} cannot change model.module {path}, generated with "
+                f"{key}={getattr(gen, key)!r}; regenerate it with mudelta codegen --set {key}=..., or drop "
+                "model.module"
             )
 
 

@@ -215,12 +215,16 @@ def test_a_given_module_must_match_the_config(byte_data, tmp_path):
     for key, value, message in (
         ("model.parametrization", "sp", "generated for parametrization 'mup', the config says 'sp'"),
         ("model.optimizer", "sgd", "generated for optimizer 'adamw', the config says 'sgd'"),
-        ("model.options.layers", "3", r"model.options.layers=3 cannot change model.module .*it has layers=1"),
-        ("model.options.heads", "2", "model.options.heads=2 cannot change .*options apply in rendering"),
+        ("model.options.layers", "3", r"model.options.layers='3' cannot change model.module .*layers=1"),
+        ("model.options.tied", "true", r"model.options.tied='true' cannot change .*tied=False"),
     ):
         over = {"train.steps": 1, "model.module": module, key: value}
         with pytest.raises(ValueError, match=message):
             run(load_config(None, tiny_overrides(byte_data, tmp_path / key, **over)), progress=False)
+    # options equal to the module's, or that it does not record (the sweep passes its options along)
+    over = {"train.steps": 1, "model.module": module, "model.options.tied": "false"}
+    over["model.options.heads"] = "2"
+    run(load_config(None, tiny_overrides(byte_data, tmp_path / "same", **over)), progress=False)
 
 
 def test_paths_in_the_way_are_named(byte_data, tmp_path, capsys):
