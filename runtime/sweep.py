@@ -253,7 +253,35 @@ def _pin_models(base: Config, todo: list[Trial]) -> None:
         m.module = paths[k]
 
 
-def _subprocess(trial: Trial, env: dict, log: Path, running: set) -> dict:
+class _Running:
+    """The trials' processes, each in a session of its own, so that a terminal's ^C reaches only the sweep,
+    which passes it on: stop() sends every running trial one SIGINT (it saves a checkpoint and exits; a
+    second stop() is a second ^C, which aborts), and a trial that starts after a stop() gets it at once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self.stops = 0
+
+    def add(self, proc) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            for _ in range(self.stops):
+                proc.send_signal(signal.SIGINT)
+
+    def discard(self, proc) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop(self) -> int:
+        with self._lock:
+            self.stops += 1
+            for proc in self._procs:
+                proc.send_signal(signal.SIGINT)
+            return len(self._procs)
+
+
+def _subprocess(trial: Trial, env: dict, log: Path, running: _Running) -> dict:
     """Train one trial in its own process (kept in `running` while it runs, for ^C to reach it)."""
     trial_dir = Path(trial.config.out)
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +289,7 @@ def _subprocess(trial: Trial, env: dict, log: Path, running: set) -> dict:
     cfg_file.write_text(yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "mudelta.runtime.cli", "train", str(cfg_file), "--resume", "--quiet"]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         running.add(proc)
         try:
             proc.wait()
@@ -350,6 +378,7 @@ def run_sweep(
                 f"lr {row['lr']:<9.3g} {seed}{msg}",
                 file=sys.stderr,
             )
+            bar.update(1)
 
     bar = tqdm(total=len(todo), desc="sweep", unit="trial", disable=not progress)
     if devices is None:
@@ -364,15 +393,13 @@ def run_sweep(
                 record(_row(t, run(t.config, resume=True, progress=False)))
             except Exception as exc:  # a crashed trial is recorded, the sweep goes on
                 record(_row(t, None, f"{type(exc).__name__}: {exc}"))
-            bar.update(1)
         bar.close()
         return rows
     slots = [d for d in devices for _ in range(per_gpu)] if devices else [None] * workers
     free = list(slots)
     free_lock = threading.Condition()
     threads = max(1, (os.cpu_count() or 1) // len(slots))
-    running: set = set()  # the trials' processes
-    stopping = threading.Event()  # ^C: start no more trials, record none that it cut short
+    running = _Running()  # ^C: start no more trials, record none that it cut short
 
     def work(t: Trial) -> None:
         with free_lock:
@@ -380,7 +407,7 @@ def run_sweep(
                 free_lock.wait()
             slot = free.pop()
         try:
-            if stopping.is_set():
+            if running.stops:
                 return
             env = dict(os.environ)
             if slot is not None:
@@ -393,11 +420,10 @@ def run_sweep(
             try:
                 row = _row(t, _subprocess(t, env, log, running))
             except RuntimeError as exc:
-                if stopping.is_set():  # stopped by the ^C: it left a checkpoint, the next sweep resumes it
+                if running.stops:  # stopped by the ^C: it left a checkpoint, the next sweep resumes it
                     return
                 row = _row(t, None, str(exc))
             record(row)  # here, not in the main thread: a finished trial is kept whatever happens there
-            bar.update(1)
         finally:
             with free_lock:
                 free.append(slot)
@@ -410,18 +436,20 @@ def run_sweep(
         for fut in as_completed(futures):
             fut.result()
     except KeyboardInterrupt:
-        stopping.set()
         for fut in futures:
             fut.cancel()
+        n = running.stop()
         tqdm.write(
-            f"interrupted: stopping {len(running)} running trial(s) at their next step (each writes a "
-            f"checkpoint); finished trials are in {results}; running the sweep again continues it",
+            f"interrupted: stopping {n} running trial(s) at their next step (each writes a checkpoint; ^C "
+            f"again aborts them); finished trials are in {results}; running the sweep again continues it",
             file=sys.stderr,
         )
-        for proc in list(running):  # they may not share the terminal's process group
-            proc.send_signal(signal.SIGINT)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # a second ^C while the trials save: abort them too
+            running.stop()
+            raise
     bar.close()
     return rows
