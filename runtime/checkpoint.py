@@ -152,14 +152,13 @@ def latest(directory: Path) -> Path | None:
     """The checkpoint `latest` points at; without the pointer, or when the folder it names is gone (deleted
     as corrupt), the newest step_NNNNNNNN folder left, with a warning."""
     pointer = directory / "latest"
-    if pointer.exists():
-        path = directory / pointer.read_text().strip()
-        if path.is_dir():
-            return path
+    name = pointer.read_text().strip() if pointer.exists() else None
+    if name and re.fullmatch(r"step_\d{8}", name) and (directory / name).is_dir():
+        return directory / name
     steps = sorted(p for p in directory.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name))
-    if pointer.exists():
+    if name is not None:
         left = f"using the newest left, {steps[-1].name}" if steps else "none is left"
-        warnings.warn(f"checkpoint pointer {pointer} names {path.name}, which does not exist; {left}",
+        warnings.warn(f"checkpoint pointer {pointer} names {name!r}, which does not exist; {left}",
                       stacklevel=2)
     return steps[-1] if steps else None
 

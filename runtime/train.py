@@ -103,18 +103,19 @@ def _stop_on_sigint():
     """A flag set by the first ^C (the loop finishes its step, saves and stops); a second ^C aborts at once.
     Off the main thread (where signals cannot be caught) the flag stays unset."""
     flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
+    old = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or old in (signal.SIG_IGN, None):
+        yield flag  # off the main thread signals cannot be caught; an ignored ^C (a `&` job) stays ignored
         return
 
     def handler(signum, frame):
         if flag["set"]:
             raise KeyboardInterrupt
         flag["set"] = True
-        print("\ninterrupted: stopping after this step and saving a checkpoint (^C again to abort now)",
-              file=sys.stderr)
+        # os.write: a print could re-enter the stderr buffer that the progress bar was writing
+        os.write(2, b"\ninterrupted: stopping after this step, saving a checkpoint (^C again: abort now)\n")
 
-    old = signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, handler)
     try:
         yield flag
     finally:
@@ -493,7 +494,8 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 "device": torch.cuda.get_device_name(dev.device) if dev.device.type == "cuda" else "cpu",
             }
         )
-        if step == start and (out / "result.json").exists():  # resumed a finished run: keep its timing
+        # resumed a finished run: keep its timing
+        if path is not None and step == start == t.steps and (out / "result.json").exists():
             try:
                 old = json.loads((out / "result.json").read_text())
                 result.update({k: old.get(k) for k in ("tokens_per_s", "mfu", "seconds")})

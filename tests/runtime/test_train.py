@@ -72,7 +72,7 @@ def test_resume_is_bit_exact_without_optimizer_state(byte_data, tmp_path, extra)
     assert losses(a) == losses(b)
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint(byte_data, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(byte_data, tmp_path, monkeypatch, capfd):
     import signal
 
     import mudelta.runtime.train as train
@@ -89,7 +89,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(byte_data, tmp_path, monk
     monkeypatch.setattr(train, "schedule", interrupt_at_step_3)
     args = ["train", "--quiet"] + [x for o in tiny_overrides(byte_data, b) for x in ("--set", o)]
     assert main(args) == 130
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "stopping after this step" in err and "interrupted at step 3; checkpoint" in err
     assert "continue with --resume" in err
     assert (b / "checkpoints" / "step_00000003").is_dir() and not (b / "result.json").exists()
@@ -106,7 +106,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_left(byte_data, tmp_path):
     run(load_config(None, tiny_overrides(byte_data, out, **{"train.ckpt_every": 3})), progress=False)
     ck = out / "checkpoints"
     shutil.rmtree(ck / "step_00000006")  # deleted as corrupt, as the error advises
-    with pytest.warns(UserWarning, match="names step_00000006, which does not exist; using the newest left"):
+    with pytest.warns(UserWarning, match="names 'step_00000006', which does not exist; using the newest"):
         assert checkpoint.latest(ck) == ck / "step_00000003"
     (ck / "latest").unlink()
     assert checkpoint.latest(ck) == ck / "step_00000003"  # a run is there: not a fresh start
