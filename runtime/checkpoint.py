@@ -118,24 +118,28 @@ def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict
     tmp = directory / f".tmp_step_{step:08d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    rng_t, rng_meta = rng_state()
-    opt_t, opt_meta = _split_optimizer(optim_sd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
-    save_file({**opt_t, **rng_t}, tmp / "optimizer.safetensors")
-    meta = {
-        "format": FORMAT,
-        "step": step,
-        "rng": rng_meta,
-        "optimizer": opt_meta,
-        **extra,
-        "files": {f: _sha256(tmp / f) for f in FILES},
-    }
-    meta["state_sha256"] = _state_digest(meta)
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        rng_t, rng_meta = rng_state()
+        opt_t, opt_meta = _split_optimizer(optim_sd)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
+        save_file({**opt_t, **rng_t}, tmp / "optimizer.safetensors")
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "rng": rng_meta,
+            "optimizer": opt_meta,
+            **extra,
+            "files": {f: _sha256(tmp / f) for f in FILES},
+        }
+        meta["state_sha256"] = _state_digest(meta)
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except BaseException:  # a second ^C or a full disk: no half-written folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

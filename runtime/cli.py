@@ -413,9 +413,8 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as exc:  # ^C: train's Interrupted names its checkpoint
-        from mudelta.runtime.train import Interrupted
-
-        if isinstance(exc, Interrupted):
+        train = sys.modules.get("mudelta.runtime.train")  # loaded if training ran (no torch import here)
+        if train is not None and isinstance(exc, train.Interrupted):
             again = "run the sweep again to continue" if args.func is cmd_sweep else "continue with --resume"
             print(f"mudelta: {exc}; checkpoint {exc.path}; {again}", file=sys.stderr)
         else:
