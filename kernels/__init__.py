@@ -137,11 +137,11 @@ def fused_recurrent_gated_delta_rule(
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, g, beta, initial_state)
     )
-    args = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    rest = (initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     if not _use_triton(q) or needs_grad:
-        return chunk_gated_delta_rule(*args)  # which checks the inputs
+        return chunk_gated_delta_rule(q, k, v, g, beta, scale, *rest)  # which checks the inputs
     # g <= 0, as for the chunked path; the decode kernel does not read cu_seqlens on the host
     scale = _checked(q, k, v, g, beta, scale, initial_state, cu_seqlens, reads_lengths=False)
     from .triton_gdn import fused_recurrent_triton
 
-    return _triton_call(fused_recurrent_triton, *args[:5], scale, *args[6:])
+    return _triton_call(fused_recurrent_triton, q, k, v, g, beta, scale, *rest)
