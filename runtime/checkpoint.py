@@ -108,13 +108,21 @@ def _state_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+STEP_FOLDER = re.compile(r"step_\d{8}")
+
+
+def folder(directory: Path, step: int) -> Path:
+    """The checkpoint folder of a step: `directory`/step_NNNNNNNN."""
+    return directory / f"step_{step:08d}"
+
+
 def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict, keep: int = 2) -> Path:
     """Write checkpoint `directory`/step_NNNNNNNN atomically (call on one rank), point `latest` at it, and
     remove all but the newest `keep`."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step_{step:08d}"
+    final = folder(directory, step)
     tmp = directory / f".tmp_step_{step:08d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -157,9 +165,9 @@ def latest(directory: Path) -> Path | None:
     as corrupt), the newest step_NNNNNNNN folder left, with a warning."""
     pointer = directory / "latest"
     name = pointer.read_text().strip() if pointer.exists() else None
-    if name and re.fullmatch(r"step_\d{8}", name) and (directory / name).is_dir():
+    if name and STEP_FOLDER.fullmatch(name) and (directory / name).is_dir():
         return directory / name
-    steps = sorted(p for p in directory.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name))
+    steps = sorted(p for p in directory.glob("step_*") if p.is_dir() and STEP_FOLDER.fullmatch(p.name))
     if name is not None:
         left = f"using the newest left, {steps[-1].name}" if steps else "none is left"
         warnings.warn(f"checkpoint pointer {pointer} names {name!r}, which does not exist; {left}",
@@ -187,7 +195,7 @@ def load(path: Path, config_hash: str | tuple, config: dict | None = None) -> tu
         raise CheckpointError(f"checkpoint {state_file} was edited or damaged: its content does not match "
                               "its state_sha256; delete its folder to resume from the one before")
     step = meta.get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or path.name != f"step_{step:08d}":
+    if not isinstance(step, int) or isinstance(step, bool) or folder(path.parent, step) != path:
         raise CheckpointError(f"checkpoint {path}: state.json says step {step!r}, the folder another")
     if not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(FILES):
         raise CheckpointError(f"checkpoint {state_file}: 'files' must list the hashes of {', '.join(FILES)}")
