@@ -414,8 +414,9 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
                 # the interrupt flag rides along with the loss: every rank stops after the same step
-                stop = torch.tensor(float(interrupt["set"]), device=loss.device)
-                loss_value, stopping = dev.mean(torch.stack([loss.detach().float(), stop])).tolist()
+                value = loss.detach().float()
+                stop = value.new_full((), interrupt["set"])  # a fill on the device, not a blocking copy
+                loss_value, stopping = dev.mean(torch.stack([value, stop])).tolist()
                 norm_value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if init_loss is None:
                     init_loss = loss_value
@@ -464,7 +465,7 @@ def run(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stopping:
                     save(step)
                 if stopping and step < t.steps:
-                    raise Interrupted(step, ckdir / f"step_{step:08d}")
+                    raise Interrupted(step, checkpoint.folder(ckdir, step))
             result["final_val_loss"] = val_loss
             if val_loss is not None and not math.isfinite(val_loss):
                 result["diverged"], result["error"] = True, f"validation loss {val_loss} at step {step}"
