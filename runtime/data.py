@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -161,6 +162,10 @@ def documents(sources: list[str] | None, pattern: str | None = None, text_column
                 yield source, doc_id, data
 
 
+def _source_stats(source: str) -> dict:
+    return {"source": source, "documents": 0, "bytes": 0, "sha256": hashlib.sha256()}
+
+
 def _val_key(data: bytes) -> float:
     """Where a document falls in [0, 1): the split is val when this is below the val fraction."""
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2.0**64
@@ -238,16 +243,16 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: a file is in the way (the output is a folder)")
+    if (out / "header.json").exists():
+        print(f"warning: {out} holds a dataset; it is replaced once this one is complete", file=sys.stderr)
     label = ", ".join(sources) if sources else f"the standard library at {stdlib_root()}"
     docs = {"train": [], "val": []}
-    stats: dict[str, dict] = {}
+    stats = {source: _source_stats(source) for source in sources or []}  # every source named, in order
     it = documents(sources, pattern, text_column)
     for source, doc_id, data in tqdm(it, desc="read", unit="doc", disable=not progress, leave=False):
         key = _val_key(data)
         docs["val" if key < val_fraction else "train"].append((key, data))
-        s = stats.setdefault(
-            source, {"source": source, "documents": 0, "bytes": 0, "sha256": hashlib.sha256()}
-        )
+        s = stats.setdefault(source, _source_stats(source))
         s["documents"] += 1
         s["bytes"] += len(data)
         s["sha256"].update(hashlib.sha256(doc_id.encode() + b"\0" + data).digest())
@@ -259,6 +264,13 @@ def prepare(
             f"only one document in {label}: a train/val split needs at least two (files are "
             f"documents; a file over {CHUNK} bytes is split into several)"
         )
+    for s in stats.values():
+        if not s["documents"]:
+            print(
+                f"warning: source {s['source']!r} adds no document: each file it names is empty, binary or "
+                "read through an earlier source",
+                file=sys.stderr,
+            )
     if not docs["val"]:  # the document nearest the threshold goes to val: still a function of the bytes alone
         docs["train"].sort(key=lambda kd: kd[0])
         docs["val"].append(docs["train"].pop(0))
@@ -295,6 +307,12 @@ def _write(docs, out, tokenizer, vocab_size, val_fraction, stats, shard_tokens, 
     if tokenizer == "bpe":
         tok = _bpe((d for _, d in docs["train"]), vocab_size, len(docs["train"]), progress)
         vocab, eot = tok.get_vocab_size(), tok.token_to_id(EOT)
+        if vocab < vocab_size:
+            print(
+                f"warning: the BPE learned {vocab} tokens of the {vocab_size} asked for: the training text "
+                "has no more pairs to merge (the header records the size it has)",
+                file=sys.stderr,
+            )
         tok.save(str(out / "tokenizer.json"))
     else:
         tok, vocab, eot = None, 256, None

@@ -74,7 +74,7 @@ def test_a_damaged_header_is_named(tmp_path, capsys):
     assert "--vocab-size is for --tokenizer bpe" in capsys.readouterr().err
 
 
-def test_sources_are_read_as_named(tmp_path):
+def test_sources_are_read_as_named(tmp_path, capsys):
     src = corpus(tmp_path)
     odd = tmp_path / "weird[1].txt"
     odd.write_text("a file whose name looks like a glob\n" * 20)
@@ -84,6 +84,13 @@ def test_sources_are_read_as_named(tmp_path):
                          val_fraction=0.2, progress=False)
     count = lambda h: sum(h["splits"][s]["documents"] for s in ("train", "val"))  # noqa: E731
     assert count(once) == count(twice) == 14  # 12 + state.json + weird[1].txt, each file once
+    # a source that adds nothing (its file came through the folder) is in the header, and a warning names it
+    assert [(s["source"], s["documents"]) for s in twice["sources"]] == [
+        (str(src), 13), (str(odd), 1), (str(src / "doc00.txt"), 0)
+    ]
+    assert f"source {str(src / 'doc00.txt')!r} adds no document" in capsys.readouterr().err
+    data.prepare([str(src)], tmp_path / "a", "bytes", val_fraction=0.2, progress=False)
+    assert f"{tmp_path / 'a'} holds a dataset; it is replaced" in capsys.readouterr().err
 
 
 def test_split_is_a_function_of_the_documents(tmp_path):
@@ -99,7 +106,7 @@ def test_split_is_a_function_of_the_documents(tmp_path):
     assert again == a
 
 
-def test_bpe(tmp_path):
+def test_bpe(tmp_path, capsys):
     src = corpus(tmp_path)
     h = data.prepare([str(src)], tmp_path / "bpe", "bpe", vocab_size=300, val_fraction=0.2, progress=False)
     tok = h["tokenizer"]
@@ -109,6 +116,11 @@ def test_bpe(tmp_path):
     assert ids.max() < tok["vocab_size"]
     assert (ids == tok["eot"]).sum() == h["splits"]["train"]["documents"]  # one end-of-text per document
     assert h["splits"]["train"]["tokens"] < sum(p.stat().st_size for p in src.rglob("*.txt"))  # it compresses
+    capsys.readouterr()
+    big = data.prepare([str(src)], tmp_path / "big", "bpe", vocab_size=5000, val_fraction=0.2, progress=False)
+    assert big["tokenizer"]["vocab_size"] < 5000
+    learned = big["tokenizer"]["vocab_size"]
+    assert f"the BPE learned {learned} tokens of the 5000 asked for" in capsys.readouterr().err
 
 
 def test_clear_errors(tmp_path, capsys):
