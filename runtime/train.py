@@ -73,12 +73,12 @@ def diagnose(optimizer) -> str:
             ]
             if bad:
                 return f"non-finite {kind} in {_group_name(i, g)}, first {bad[0]}"
-    for i, g in enumerate(optimizer.param_groups):
-        grads = [p.grad.float().norm() for p in g["params"] if p.grad is not None]
+    for i, g in enumerate(optimizer.param_groups):  # float64: a float32 norm of finite entries can overflow
+        grads = [p.grad.double().norm() for p in g["params"] if p.grad is not None]
         if grads:
             ratio = (
                 torch.stack(grads).norm()
-                / torch.stack([p.float().norm() for p in g["params"]]).norm().clamp_min(1e-12)
+                / torch.stack([p.double().norm() for p in g["params"]]).norm().clamp_min(1e-12)
             ).item()
             if ratio > worst_ratio:
                 worst, worst_ratio = i, ratio

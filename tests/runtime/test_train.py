@@ -9,12 +9,13 @@ import sys
 import types
 
 import pytest
+import torch
 from conftest import tiny_overrides
 from mudelta.runtime.checkpoint import CheckpointError
 from mudelta.runtime.cli import main
 from mudelta.runtime.config import ConfigError, load_config
 from mudelta.runtime.models import norm_eps_switch
-from mudelta.runtime.train import build_model, lr_factor, optimizer_for, run
+from mudelta.runtime.train import build_model, diagnose, lr_factor, optimizer_for, run
 
 
 def losses(out):
@@ -187,6 +188,17 @@ def test_divergence_names_the_step_and_the_group(byte_data, tmp_path, capsys):
         progress=False,
     )
     assert margin["diverged"] and "diverge_margin" in margin["error"]
+
+
+def test_diagnose_ratio_survives_float32_overflow():
+    """Finite float32 weights near the top of the range overflow a float32 norm; |g|/|w| is still right."""
+    w = torch.nn.Parameter(torch.full((4,), 3e38))
+    w.grad = torch.full((4,), 1e38)
+    small = torch.nn.Parameter(torch.ones(4))
+    small.grad = torch.full((4,), 1e-3)
+    groups = [{"params": [small], "names": ["small"]}, {"params": [w], "names": ["big"]}]
+    opt = torch.optim.SGD(groups, lr=1.0)
+    assert "|g|/|w| = 0.333" in diagnose(opt) and "big" in diagnose(opt)
 
 
 def test_a_checkpoint_from_before_module_content_hashing_resumes(byte_data, tmp_path):
