@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -101,12 +102,16 @@ def cmd_coord_check(args) -> int:
         ) from None
     if any(w <= 0 for w in widths):
         raise ValueError(f"--widths {args.widths!r}: widths must be positive")
-    png = args.plot or f"coord_{args.spec.replace('/', '_')}_{args.parametrization}_{args.optimizer}.png"
+    overrides = _overrides(args.set)
+    # the default name tells runs with other options apart, from names that are safe on any filesystem
+    opts = [f"{k}={v}" for k, v in sorted(overrides.items())]
+    name = "_".join([args.spec, args.parametrization, args.optimizer, *opts])
+    png = args.plot or "coord_" + re.sub(r"[^A-Za-z0-9.=+-]+", "_", name) + ".png"
     if png != "none":
         _check_png("--plot", png)  # before the measurement, which can take long
     result = coord.coord_check(
         args.spec,
-        _overrides(args.set),
+        overrides,
         widths,
         args.steps,
         args.optimizer,
@@ -115,7 +120,7 @@ def cmd_coord_check(args) -> int:
         args.seeds,
         batch=args.batch,
         seq=args.seq,
-        progress=args.format == "table",
+        progress=not args.quiet,  # on stderr: a json report on stdout stays clean
         base_width=args.base_width,
         device=args.device,
         dtype=args.dtype,
@@ -311,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "coord-check", help="measure coordinate sizes vs width and compare with the derivation"
     )
-    _common(p)
+    _common(p, yaml_specs=False)  # it measures a generated model, which only a preset's family renders
     p.add_argument(
         "--widths",
         default="64,128,256,512,1024",
@@ -336,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--failures", action="store_true", help="table: list only the nodes that fail")
-    p.add_argument("--plot", default=None, help="PNG path (default coord_SPEC_PAR_OPT.png; 'none' to skip)")
+    p.add_argument(
+        "--plot", default=None, help="PNG path (default coord_SPEC_PAR_OPT[_OPTIONS].png; 'none' to skip)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_coord_check)
     p = sub.add_parser(
         "docs", help="regenerate the derived-rules documents (docs/*.md) from the tool's output"

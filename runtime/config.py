@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    spec: str = "gdn"  # a builtin preset or a YAML spec path
+    spec: str = "gdn"  # a builtin preset (codegen renders a model only from a preset's family)
     options: dict = field(default_factory=dict)  # preset options (see `mudelta presets`), e.g. layers: 8
     width: int = 128
     base_width: int = 128

@@ -23,6 +23,7 @@ from mudelta.kernels import chunk_gated_delta_rule_torch
 from .data import byte_batch
 from .models import make_optimizer, model_class, norm_eps_switch
 
+MIN_WIDTH = 16  # below it a check warns: the asymptotics have not set in
 TOLERANCE = 0.2  # |measured slope - predicted exponent| allowed, fixed before looking at any result
 DEFAULT_LR = {"sgd": 0.1, "sgd-nesterov": 0.05, "adam": 1e-2, "adamw": 1e-2}
 
@@ -143,6 +144,10 @@ def coord_check(spec: str, overrides: dict | None = None, widths=(64, 128, 256, 
         raise ValueError("a coordinate check needs at least two different widths")
     if len(set(widths)) < len(widths):
         raise ValueError(f"widths {widths}: a width is given twice")
+    if widths[0] < MIN_WIDTH:
+        print(f"warning: widths from {widths[0]}: a slope fitted below width {MIN_WIDTH} measures "
+              "finite-width effects as much as the exponent (the default widths start at 64)",
+              file=sys.stderr)
     for name, value, low in (("steps", steps, 0), ("seeds", seeds, 1), ("batch", batch, 1), ("seq", seq, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")

@@ -53,6 +53,15 @@ def test_cli_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
+def test_default_plot_name_carries_the_options_and_small_widths_warn(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["coord-check", "mlp", "--widths", "8,16", "--steps", "1", "--set", "layers=3", "--quiet"]
+    assert main(args) in (0, 1)
+    out, err = capsys.readouterr()
+    assert (tmp_path / "coord_mlp_mup_adamw_layers=3.png").stat().st_size > 1000 and "plot: coord_mlp" in out
+    assert "warning: widths from 8" in err and "coord check mlp: width" not in err  # --quiet: no progress
+
+
 def test_a_plot_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(coord, "coord_check", lambda *a, **k: pytest.fail("measured before the path check"))
     for path, message in ((tmp_path / "no" / "x.png", "no folder"), (tmp_path / "x.txt", "expected a .png"),
