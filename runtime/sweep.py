@@ -321,6 +321,7 @@ def run_sweep(
 
     if per_gpu < 1 or workers < 1:
         raise ConfigError(f"--per-gpu and --workers must be at least 1, got {per_gpu} and {workers}")
+    shard([], shard_spec)  # a bad --shard is named before any data is prepared
     results = Path(results) if results else Path(base.out) / "results.jsonl"
     if results.is_dir():
         raise ConfigError(f"--results {results}: a folder; give the results file's path")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_overrides
-from mudelta.runtime import plot
+from mudelta.runtime import data, plot
 from mudelta.runtime.cli import main
 from mudelta.runtime.sweep import load_sweep, run_sweep, shard, trials
 
@@ -163,12 +163,17 @@ def test_bad_sweep_files_are_refused(tmp_path):
     assert load_sweep(None, "tiny", ["sweep.lrs=[1e-3, 2e-3]"])[1]["lrs"] == ["1e-3", "2e-3"]  # YAML: strings
 
 
-def test_shard_spec():
+def test_shard_spec(tmp_path, monkeypatch):
     assert shard(list(range(5)), "1/2") == [1, 3]
     with pytest.raises(ValueError, match="0 <= i < N"):
         shard([1], "2/2")
     with pytest.raises(ValueError, match="expected i/N"):
         shard([1], "x")
+    # a sweep with a bad --shard stops before it prepares its data
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("prepared data for a bad --shard"))
+    base, grid = load_sweep(None, "tiny", [f"out={tmp_path / 'sw'}"])
+    with pytest.raises(ValueError, match="expected i/N"):
+        run_sweep(base, grid, shard_spec="1-2", devices=[], progress=False)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the GPUs asked for exist here")
