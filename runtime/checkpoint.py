@@ -157,7 +157,22 @@ def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict
     _fsync_dir(directory)
     for old in sorted(directory.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for tmp in directory.glob(".tmp_step_*_*"):  # one writer per folder: the others were killed mid-save
+        pid = tmp.name.rsplit("_", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _alive(pid: int) -> bool:
+    """A process with this id runs on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def latest(directory: Path) -> Path | None:

@@ -4,6 +4,7 @@ the schedule."""
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import types
@@ -113,6 +114,21 @@ def test_resume_falls_back_to_the_newest_checkpoint_left(byte_data, tmp_path):
     assert checkpoint.latest(ck) == ck / "step_00000003"  # a run is there: not a fresh start
     with pytest.raises(CheckpointError, match="already holds a run"):
         run(load_config(None, tiny_overrides(byte_data, out)), progress=False)
+
+
+def test_a_save_sweeps_the_folders_of_killed_saves(tmp_path):
+    import subprocess
+
+    from mudelta.runtime import checkpoint
+
+    pid = [sys.executable, "-c", "import os; print(os.getpid())"]
+    gone = subprocess.run(pid, capture_output=True, text=True, check=True)
+    killed = tmp_path / f".tmp_step_00000001_{gone.stdout.strip()}"  # its process has exited
+    running = tmp_path / f".tmp_step_00000001_{os.getppid()}"  # a live process's save: not touched
+    for d in (killed, running):
+        d.mkdir()
+    checkpoint.save(tmp_path, 2, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []}, {})
+    assert not killed.exists() and running.exists() and (tmp_path / "step_00000002").is_dir()
 
 
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
