@@ -60,9 +60,13 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def _unreadable(exc: OSError):
+    raise DataError(f"cannot read the folder {exc.filename}: {exc.strerror or exc}")
+
+
 def _walk(root: Path, pattern: str) -> list[Path]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):  # not a silent gap in the corpus
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         out += [
             Path(dirpath) / f

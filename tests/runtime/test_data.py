@@ -140,6 +140,18 @@ def test_clear_errors(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
+def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
+    src = corpus(tmp_path)
+
+    def walk(top, onerror=None, **kwargs):  # os.walk on a folder it may not list (chmod 0 does not stop root)
+        onerror(PermissionError(13, "Permission denied", str(src / "sub")))
+        yield from ()
+
+    monkeypatch.setattr(data.os, "walk", walk)
+    with pytest.raises(data.DataError, match=f"cannot read the folder {src / 'sub'}: Permission denied"):
+        data.prepare([str(src)], tmp_path / "o", progress=False)
+
+
 def test_cli_default_source_is_the_stdlib(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "CHUNK", 1 << 20)
     assert main(["data", "prepare", "--out", str(tmp_path / "std"), "--pattern", "a*.py", "--quiet"]) == 0
