@@ -1,6 +1,8 @@
 """`mudelta data prepare`: byte and BPE shards, the header, a deterministic split, clear errors."""
 
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -150,6 +152,33 @@ def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(data.os, "walk", walk)
     with pytest.raises(data.DataError, match=f"cannot read the folder {src / 'sub'}: Permission denied"):
         data.prepare([str(src)], tmp_path / "o", progress=False)
+
+
+def test_a_datasets_folder_is_read_by_rows(tmp_path, monkeypatch):
+    """save_to_disk's layout, read through `datasets.load_from_disk` (a stand-in here: CI does not install
+    the optional `datasets`)."""
+
+    class Rows(list):
+        column_names = ["text", "label"]
+
+    class DatasetDict(dict):
+        pass
+
+    rows = Rows({"text": f"row {i}: " + "words and more words. " * 10, "label": i} for i in range(6))
+    fake = types.ModuleType("datasets")
+    fake.DatasetDict, fake.load_from_disk = DatasetDict, lambda path: DatasetDict(test=Rows(), train=rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    h = data.prepare([str(folder)], tmp_path / "o", val_fraction=0.3, progress=False)
+    assert h["sources"][0]["documents"] == 6  # the train split's rows, one document each
+    assert h["splits"]["train"]["tokens"] + h["splits"]["val"]["tokens"] == sum(len(r["text"]) for r in rows)
+    with pytest.raises(data.DataError, match="no column 'body' .*columns: text, label.*--text-column"):
+        data.prepare([str(folder)], tmp_path / "p", text_column="body", progress=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(data.DataError, match="a Hugging Face datasets folder, but `datasets` is not install"):
+        data.prepare([str(folder)], tmp_path / "q", progress=False)
 
 
 def test_cli_default_source_is_the_stdlib(tmp_path, capsys, monkeypatch):
