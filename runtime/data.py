@@ -271,8 +271,8 @@ def prepare(
     for s in stats.values():
         if not s["documents"]:
             print(
-                f"warning: source {s['source']!r} adds no document: each file it names is empty, binary or "
-                "read through an earlier source",
+                f"warning: source {s['source']!r} adds no document: it has no text that an earlier source "
+                "did not already give (empty or binary files, empty rows, or files read through another)",
                 file=sys.stderr,
             )
     if not docs["val"]:  # the document nearest the threshold goes to val: still a function of the bytes alone
@@ -393,7 +393,9 @@ class TokenData:
             raise DataError(f"data {head}: damaged header ({why}); prepare it again") from None
         # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
         # (the sources by content: the same files reached by another path are the same data)
-        body = {**self.header, "sources": sorted(s.get("sha256", "") for s in self.header.get("sources", []))}
+        # (a source that added no document is not part of it)
+        sources = [s for s in self.header.get("sources", []) if s.get("documents", 1)]
+        body = {**self.header, "sources": sorted(s.get("sha256", "") for s in sources)}
         self.fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         self._maps: dict[str, list[np.ndarray]] = {}
 

@@ -91,6 +91,8 @@ def test_sources_are_read_as_named(tmp_path, capsys):
         (str(src), 13), (str(odd), 1), (str(src / "doc00.txt"), 0)
     ]
     assert f"source {str(src / 'doc00.txt')!r} adds no document" in capsys.readouterr().err
+    fingerprint = lambda name: data.TokenData(tmp_path / name).fingerprint  # noqa: E731
+    assert fingerprint("a") == fingerprint("b")  # the same tokens: resuming on either is the same data
     data.prepare([str(src)], tmp_path / "a", "bytes", val_fraction=0.2, progress=False)
     assert f"{tmp_path / 'a'} holds a dataset; it is replaced" in capsys.readouterr().err
 
