@@ -158,20 +158,24 @@ def save(directory: Path, step: int, model_sd: dict, optim_sd: dict, extra: dict
     for old in sorted(directory.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in directory.glob(".tmp_step_*_*"):  # one writer per folder: the others were killed mid-save
-        pid = tmp.name.rsplit("_", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        m = re.fullmatch(r"\.tmp_step_\d{8}_(\d{1,10})", tmp.name, re.ASCII)
+        # this process's own save is renamed by now: one with its id is a killed run's that had the same id
+        if m and (int(m[1]) == os.getpid() or not _alive(int(m[1]))):
             shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
 def _alive(pid: int) -> bool:
-    """A process with this id runs on this machine (signal 0 checks without sending anything)."""
+    """A process with this id runs on this machine (signal 0 checks without sending anything; POSIX only:
+    on Windows os.kill would end the process)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
         return True
+    except (OverflowError, OSError):  # not a process id here
+        return False
     return True
 
 

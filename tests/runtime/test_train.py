@@ -125,10 +125,13 @@ def test_a_save_sweeps_the_folders_of_killed_saves(tmp_path):
     gone = subprocess.run(pid, capture_output=True, text=True, check=True)
     killed = tmp_path / f".tmp_step_00000001_{gone.stdout.strip()}"  # its process has exited
     running = tmp_path / f".tmp_step_00000001_{os.getppid()}"  # a live process's save: not touched
-    for d in (killed, running):
+    mine = tmp_path / f".tmp_step_00000001_{os.getpid()}"  # a killed run's that had this process's id
+    odd = [tmp_path / f".tmp_step_00000001_{x}" for x in ("99999999999999999999", "\u00b2", "x")]
+    for d in (killed, running, mine, *odd):
         d.mkdir()
     checkpoint.save(tmp_path, 2, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []}, {})
-    assert not killed.exists() and running.exists() and (tmp_path / "step_00000002").is_dir()
+    assert not killed.exists() and not mine.exists() and (tmp_path / "step_00000002").is_dir()
+    assert running.exists() and all(d.exists() for d in odd)  # not a save's name: left alone
 
 
 def test_refuses_corrupt_mismatched_or_unrequested_checkpoints(byte_data, tmp_path, capsys):
