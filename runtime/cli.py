@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shlex
@@ -106,7 +107,10 @@ def cmd_coord_check(args) -> int:
     # the default name tells runs with other options apart, from names that are safe on any filesystem
     opts = [f"{k}={v}" for k, v in sorted(overrides.items())]
     name = "_".join([args.spec, args.parametrization, args.optimizer, *opts])
-    png = args.plot or "coord_" + re.sub(r"[^A-Za-z0-9.=+-]+", "_", name) + ".png"
+    safe = re.sub(r"[^A-Za-z0-9.=+-]+", "_", name)
+    if safe != name or len(safe) > 100:  # a hash of the options keeps names that the cut makes equal apart
+        safe = safe[:80] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    png = args.plot or f"coord_{safe}.png"
     if png != "none":
         _check_png("--plot", png)  # before the measurement, which can take long
     result = coord.coord_check(

@@ -15,6 +15,7 @@ PAR=${PAR:-mup}; BATCH=${BATCH:-1}; SEQ=${SEQ:-32}; STREAMS=${STREAMS:-0}
 WIDTHS=${WIDTHS:-1024,2048,4096,8192}
 M="python3 -m mudelta.runtime.cli coord-check"
 COMMON="--widths $WIDTHS --base-width 64 --batch $BATCH --seq $SEQ --seeds 3 --device cuda --format json"
+COMMON="$COMMON --quiet"  # stderr holds only warnings and errors
 run() {  # run SPEC OPTIMIZER
     local name=$1_${PAR}_$2 t0=$SECONDS set=(--set layers=2)
     [ "$1" = mlp ] && set=()  # the MLP preset's own depth, as in the CPU rows
