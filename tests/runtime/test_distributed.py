@@ -1,7 +1,9 @@
-"""Two processes on gloo (DDP, and FSDP2) get the losses of one process with the same global batch."""
+"""Two processes on gloo (DDP, and FSDP2) get the losses of one process with the same global batch, and resume
+bit-exactly."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,3 +31,14 @@ def test_two_processes_match_one(byte_data, tmp_path, mode):
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 2e-6
     # the checkpoint written by rank 0 holds the full model
     assert (tmp_path / "two" / "checkpoints" / "step_00000006" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_resume_bit_exactly(byte_data, tmp_path, mode):
+    flags = ["--set", "train.ckpt_every=3", *(["--fsdp"] if mode == "fsdp" else [])]
+    whole = train(byte_data, tmp_path / "a", 2, *flags)
+    b = tmp_path / "b"  # stopped after step 3: its last checkpoint gone, resumed from the one at step 3
+    shutil.copytree(tmp_path / "a", b)
+    shutil.rmtree(b / "checkpoints" / "step_00000006")
+    (b / "checkpoints" / "latest").write_text("step_00000003\n")
+    assert train(byte_data, b, 2, *flags, "--resume") == whole
