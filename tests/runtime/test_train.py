@@ -292,6 +292,24 @@ def test_out_of_range_values_are_refused_naming_the_key(key, value):
         load_config(None, [f"{key}={value}"])
 
 
+def test_clipping_bounds_the_update(byte_data, tmp_path):
+    """Under SGD a clip far below the gradient norm makes every step tiny: the loss stays at its first value
+    (Adam would not show it: its update does not depend on the gradient's scale)."""
+
+    def train_losses(name, clip):
+        extra = {"train.grad_clip": clip, "train.warmup": 0, "model.optimizer": "sgd", "train.lr": 0.5}
+        sets = tiny_overrides(byte_data, tmp_path / name, **extra)
+        run(load_config(None, sets), progress=False)
+        return losses(tmp_path / name)
+
+    (free, free_val), (clipped, clipped_val) = train_losses("free", 0), train_losses("clipped", 1e-9)
+    assert clipped[0] == free[0]  # the first loss is before any step
+    # validation (the same batches) at steps 3 and 6: the clipped model stays put, the free one has learned
+    (_, free3), _ = free_val
+    (_, clipped3), (_, clipped6) = clipped_val
+    assert abs(clipped3 - clipped6) < 1e-4 and free3 < clipped3 - 0.1
+
+
 def test_schedule_warmup_then_cosine_to_the_minimum():
     cfg = load_config(None, ["train.steps=100", "train.warmup=10", "train.min_lr_ratio=0.1"])
     f = [lr_factor(s, cfg) for s in range(100)]
