@@ -392,8 +392,8 @@ class TokenData:
             why = f"{type(exc).__name__}: {exc}"
             raise DataError(f"data {head}: damaged header ({why}); prepare it again") from None
         # what the tokens are (sources, tokenizer, split): a checkpoint records it, and a resume compares
-        # (the sources by content: the same files reached by another path are the same data)
-        # (a source that added no document is not part of it)
+        # (the sources by content: the same files reached by another path are the same data, and a source
+        # that added no document is no part of it)
         sources = [s for s in self.header.get("sources", []) if s.get("documents", 1)]
         body = {**self.header, "sources": sorted(s.get("sha256", "") for s in sources)}
         self.fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

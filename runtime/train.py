@@ -100,8 +100,7 @@ class Interrupted(KeyboardInterrupt):
 
 @contextmanager
 def _stop_on_sigint():
-    """A flag set by the first ^C (the loop finishes its step, saves and stops); a second ^C aborts at once.
-    Off the main thread (where signals cannot be caught) the flag stays unset."""
+    """A flag set by the first ^C (the loop finishes its step, saves and stops); a second ^C aborts now."""
     flag = {"set": False}
     old = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or old in (signal.SIG_IGN, None):
